@@ -1,0 +1,97 @@
+"""zcloop: an asyncio event loop on Linux io_uring with a zero-copy write path.
+
+Use it as a drop-in replacement for asyncio's loop::
+
+    zcloop.run(main())
+    asyncio.run(main(), loop_factory=zcloop.new_event_loop)   # Python >= 3.12
+    zcloop.install()                                         # policy for asyncio.run()
+"""
+import asyncio as _asyncio
+import os as _os
+import warnings as _warnings
+
+from ._ring import Loop, IoUringUnavailableError, features, _probe_unavailable
+
+__all__ = (
+    "Loop", "new_event_loop", "EventLoopPolicy", "install", "run", "features",
+    "IoUringUnavailableError", "available", "FALLBACK_ENV", "DISABLE_ENV",
+)
+__version__ = "0.1.0"
+
+#: Set to 1 to make every zcloop entry point fall back to asyncio's loop
+#: (with one warning) when io_uring cannot be used, instead of raising.
+FALLBACK_ENV = "ZCLOOP_FALLBACK"
+#: Set to 1 to force asyncio's loop even where io_uring works.
+DISABLE_ENV = "ZCLOOP_DISABLE"
+
+_warned = False
+
+
+def _env_flag(name):
+    return _os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def available():
+    """Return None when io_uring can be used here, else the reason (a str)."""
+    return _probe_unavailable()
+
+
+def _fallback_loop(reason):
+    global _warned
+    if not _warned:
+        _warned = True
+        _warnings.warn(f"zcloop: {reason}; using asyncio's default event loop instead",
+                       RuntimeWarning, stacklevel=3)
+    return _asyncio.SelectorEventLoop()
+
+
+def new_event_loop(*, fallback=None):
+    """Return a new zcloop event loop.
+
+    When io_uring is unavailable this raises IoUringUnavailableError, unless
+    ``fallback`` is true (or ZCLOOP_FALLBACK=1), in which case it warns once
+    and returns asyncio's SelectorEventLoop.  ZCLOOP_DISABLE=1 always returns
+    asyncio's loop.
+    """
+    if _env_flag(DISABLE_ENV):
+        return _fallback_loop(f"disabled by {DISABLE_ENV}=1")
+    if fallback is None:
+        fallback = _env_flag(FALLBACK_ENV)
+    try:
+        return Loop()
+    except IoUringUnavailableError as exc:
+        if not fallback:
+            raise
+        return _fallback_loop(str(exc))
+
+
+class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
+    """Event loop policy whose loops are zcloop loops.
+
+    >>> asyncio.set_event_loop_policy(zcloop.EventLoopPolicy())
+    """
+
+    def __init__(self, *, fallback=None):
+        super().__init__()
+        self._fallback = fallback
+
+    def new_event_loop(self):
+        return new_event_loop(fallback=self._fallback)
+
+
+def install(*, fallback=None):
+    """Make asyncio.run() and asyncio.new_event_loop() create zcloop loops."""
+    with _warnings.catch_warnings():
+        # Python 3.14 deprecates the policy system; installing one is still
+        # how asyncio.run() without loop_factory picks a loop.
+        _warnings.simplefilter("ignore", DeprecationWarning)
+        _asyncio.set_event_loop_policy(EventLoopPolicy(fallback=fallback))
+
+
+def run(main, *, debug=None, fallback=None, **run_kwargs):
+    """Run coroutine ``main`` on a new zcloop loop, like asyncio.run()."""
+    def loop_factory():
+        return new_event_loop(fallback=fallback)
+
+    with _asyncio.Runner(debug=debug, loop_factory=loop_factory, **run_kwargs) as runner:
+        return runner.run(main)

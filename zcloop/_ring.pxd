@@ -1,0 +1,118 @@
+# Declarations of the compiled core.  Implementation files are textually
+# included by _ring.pyx (uvloop-style), so cdef calls between them are direct.
+from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
+from cpython.object cimport PyObject
+
+from .includes.liburing cimport (
+    io_uring, io_uring_sqe, zc_cqe, io_uring_buf_ring, __kernel_timespec)
+
+cdef class RingLoop
+
+include "cbhandles.pxd"
+include "ops.pxd"
+
+
+cdef class RingLoop:
+    cdef:
+        io_uring _ring
+        bint _ring_ready
+        bint _ring_enabled
+        bint _ring_fd_registered
+        long _ring_thread
+        uint32_t _setup_flags
+        uint32_t _ring_features
+        uint8_t _op_supported[256]
+        object _disabled_features       # frozenset of feature names turned off
+        int _owner_pid
+
+        # In-flight operations: user_data = generation << 32 | slot.
+        PyObject **_slot_op
+        uint32_t *_slot_gen
+        uint32_t *_slot_free
+        uint32_t _slot_cap
+        uint32_t _slot_nfree
+        uint32_t _slot_next_gen
+        zc_cqe _cqes[256]
+
+        object _ready                   # deque of Handle
+        list _scheduled                 # heap of TimerHandle
+        int _timer_cancelled_count
+        bint _stopping
+        bint _closed
+        bint _running
+        long _thread_id
+        bint _debug
+        double _clock_resolution
+        object _exception_handler
+        object _task_factory
+        object _default_executor
+        bint _executor_shutdown_called
+        object _asyncgens
+        bint _asyncgens_shutdown_called
+        object _old_agen_hooks
+        object _current_handle
+        public double slow_callback_duration
+
+        # call_soon_threadsafe: an eventfd with a READ kept pending on the ring
+        int _wake_fd
+        uint64_t _wake_value
+        bint _wake_pending
+        UringOp _wake_op
+
+        # signals: set_wakeup_fd socketpair, its read end read on the ring
+        dict _signal_handlers
+        object _sig_rsock
+        object _sig_wsock
+        char _sig_buf[64]
+        UringOp _sig_op
+        object _old_wakeup_fd
+
+        # add_reader / add_writer
+        dict _fd_watchers
+        list _pending_polls
+
+        # streams: transports with queued writes, flushed once per iteration
+        list _pending_flush
+
+        # loop-wide provided-buffer ring for multishot receives
+        io_uring_buf_ring *_buf_ring
+        char *_buf_base
+        size_t _buf_map_len
+        uint32_t _buf_size
+        uint32_t _buf_count
+
+        dict _transports                # fd -> transport, as selector_events
+
+    # ring plumbing
+    cdef _setup_ring(self)
+    cdef _enable_ring(self)
+    cdef double _time(self)
+    cdef io_uring_sqe *_sqe(self) except NULL
+    cdef uint64_t _track(self, UringOp op) except 0
+    cdef _grow_slots(self)
+    cdef _cancel_op(self, uint64_t user_data)
+    cdef int _wait(self, double timeout) except -1
+    cdef int _reap(self) except -1
+    cdef int _dispatch(self, zc_cqe *cqe) except -1
+    cdef _drain_ring(self, double deadline)
+    cdef _close_ring(self)
+    cdef bint _feature(self, str name)
+    cdef bint _op_ok(self, int op)
+
+    # scheduling
+    cdef _run_once(self)
+    cdef _check_closed(self)
+    cdef _check_thread(self)
+    cdef Handle _call_soon(self, object callback, object args, object context)
+    cdef _add_ready(self, Handle handle)
+    cdef _timer_handle_cancelled(self, TimerHandle handle)
+    cdef _wakeup(self)
+    cdef _arm_wakeup(self)
+    cdef _on_wakeup(self, int32_t res)
+    cdef _arm_signal_read(self)
+    cdef _on_signal_bytes(self, int32_t res)
+
+    # fd watchers
+    cdef _flush_pending(self)
+    cdef _schedule_poll(self, _FdWatcher watcher)
+    cdef _arm_poll(self, _FdWatcher watcher)

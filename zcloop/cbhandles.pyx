@@ -1,0 +1,147 @@
+# Callback handles: what call_soon / call_later return.  Same behaviour and
+# repr as asyncio.Handle / asyncio.TimerHandle, with the arguments stored in
+# the handle and the context entered through the C API.
+
+@cython.no_gc_clear
+cdef class Handle:
+
+    def __cinit__(self):
+        self._cancelled = False
+
+    cdef _set_source_traceback(self):
+        if self._loop is not None and self._loop._debug:
+            self._source_traceback = extract_stack(sys_getframe(1))
+
+    def _repr_info(self):
+        info = [self.__class__.__name__]
+        if self._cancelled:
+            info.append('cancelled')
+        if self._callback is not None:
+            info.append(format_callback_source(self._callback, self._args or ()))
+        if self._source_traceback:
+            frame = self._source_traceback[-1]
+            info.append(f'created at {frame[0]}:{frame[1]}')
+        return info
+
+    def __repr__(self):
+        if self._repr is not None:
+            return self._repr
+        info = self._repr_info()
+        return '<{}>'.format(' '.join(info))
+
+    def get_context(self):
+        return self._context
+
+    def cancel(self):
+        if not self._cancelled:
+            self._cancelled = True
+            if self._loop is not None and self._loop._debug:
+                # Keep a representation in debug mode to keep the callback
+                # and parameters for debugging purposes.
+                self._repr = repr(self)
+            self._callback = None
+            self._args = None
+
+    def cancelled(self):
+        return self._cancelled
+
+    cdef _run(self):
+        cdef object callback = self._callback
+        cdef object args = self._args
+        cdef object context = self._context
+        cdef PyObject *ctx = <PyObject*>context
+        self._loop._current_handle = self
+        if PyContext_Enter(ctx) < 0:
+            self._loop._current_handle = None
+            raise RuntimeError('cannot enter context: {} is already entered'.format(context))
+        try:
+            if args is None:
+                callback()
+            else:
+                callback(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            cb = format_callback_source(callback, args or ())
+            context_dict = {
+                'message': f'Exception in callback {cb}',
+                'exception': exc,
+                'handle': self,
+            }
+            if self._source_traceback:
+                context_dict['source_traceback'] = self._source_traceback
+            self._loop.call_exception_handler(context_dict)
+        finally:
+            PyContext_Exit(ctx)
+            self._loop._current_handle = None
+        # Break reference cycles (exc -> traceback -> frame -> handle).
+        self = None
+
+
+@cython.no_gc_clear
+cdef class TimerHandle(Handle):
+
+    def _repr_info(self):
+        info = Handle._repr_info(self)
+        pos = 2 if self._cancelled else 1
+        info.insert(pos, f'when={self._when}')
+        return info
+
+    def __hash__(self):
+        return hash(self._when)
+
+    def __lt__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when < (<TimerHandle>other)._when
+        return NotImplemented
+
+    def __le__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when < (<TimerHandle>other)._when or self.__eq__(other)
+        return NotImplemented
+
+    def __gt__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when > (<TimerHandle>other)._when
+        return NotImplemented
+
+    def __ge__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when > (<TimerHandle>other)._when or self.__eq__(other)
+        return NotImplemented
+
+    def __eq__(self, other):
+        if isinstance(other, TimerHandle):
+            o = <TimerHandle>other
+            return (self._when == o._when and self._callback == o._callback and
+                    self._args == o._args and self._cancelled == o._cancelled)
+        return NotImplemented
+
+    def cancel(self):
+        if not self._cancelled and self._loop is not None:
+            self._loop._timer_handle_cancelled(self)
+        Handle.cancel(self)
+
+    def when(self):
+        """Return a scheduled callback time (loop.time() units)."""
+        return self._when
+
+
+cdef inline Handle new_handle(RingLoop loop, object callback, object args, object context):
+    cdef Handle h = Handle.__new__(Handle)
+    h._loop = loop
+    h._callback = callback
+    h._args = args
+    h._context = context
+    return h
+
+
+cdef inline TimerHandle new_timer(RingLoop loop, double when, object callback, object args,
+                                  object context):
+    cdef TimerHandle h = TimerHandle.__new__(TimerHandle)
+    h._loop = loop
+    h._callback = callback
+    h._args = args
+    h._context = context
+    h._when = when
+    return h

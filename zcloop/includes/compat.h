@@ -1,0 +1,125 @@
+/* Constants and small helpers that liburing 2.3 (Debian bookworm) lacks.
+ * Values are kernel uapi ABI; each is only defined when the installed headers
+ * do not already provide it. */
+#ifndef ZCLOOP_COMPAT_H
+#define ZCLOOP_COMPAT_H
+
+#include <liburing.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+#ifndef IORING_ASYNC_CANCEL_USERDATA
+#define IORING_ASYNC_CANCEL_USERDATA (1U << 4)
+#endif
+#ifndef IORING_OP_READ_MULTISHOT
+#define IORING_OP_READ_MULTISHOT 49
+#endif
+#ifndef IORING_OP_WAITID
+#define IORING_OP_WAITID 50
+#endif
+
+/* One completion copied out of the CQ ring, so the ring slot can be handed
+ * back to the kernel before Python code runs. */
+typedef struct {
+    __u64 user_data;
+    __s32 res;
+    __u32 flags;
+} zc_cqe;
+
+/* Copy up to `max` CQEs out of the ring and mark them seen. */
+static inline unsigned zc_reap(struct io_uring *ring, zc_cqe *out, unsigned max)
+{
+    struct io_uring_cqe *cqes[256];
+    unsigned n, i;
+    if (max > 256)
+        max = 256;
+    n = io_uring_peek_batch_cqe(ring, cqes, max);
+    for (i = 0; i < n; i++) {
+        out[i].user_data = cqes[i]->user_data;
+        out[i].res = cqes[i]->res;
+        out[i].flags = cqes[i]->flags;
+    }
+    if (n)
+        io_uring_cq_advance(ring, n);
+    return n;
+}
+
+/* Provided-buffer ring: `entries` buffers of `buf_size` bytes, group `bgid`.
+ * Returns the ring (buffers follow it in the same mapping) or NULL with -errno
+ * in *err.  liburing 2.3 ignores the flags argument of
+ * io_uring_register_buf_ring, so flags go into reg.pad (newer: reg.flags). */
+static inline struct io_uring_buf_ring *
+zc_buf_ring_setup(struct io_uring *ring, unsigned entries, unsigned buf_size,
+                  int bgid, unsigned short flags, char **bufs_out, size_t *map_len, int *err)
+{
+    struct io_uring_buf_reg reg;
+    struct io_uring_buf_ring *br;
+    size_t ring_bytes = entries * sizeof(struct io_uring_buf);
+    size_t len;
+    char *bufs;
+    unsigned i;
+    int ret;
+
+    ring_bytes = (ring_bytes + 4095) & ~((size_t)4095);
+    len = ring_bytes + (size_t)entries * buf_size;
+    br = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (br == MAP_FAILED) {
+        *err = -errno;
+        return NULL;
+    }
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (unsigned long)br;
+    reg.ring_entries = entries;
+    reg.bgid = bgid;
+    reg.pad = flags;
+    ret = io_uring_register_buf_ring(ring, &reg, 0);
+    if (ret) {
+        munmap(br, len);
+        *err = ret;
+        return NULL;
+    }
+    io_uring_buf_ring_init(br);
+    bufs = (char *)br + ring_bytes;
+    for (i = 0; i < entries; i++)
+        io_uring_buf_ring_add(br, bufs + (size_t)i * buf_size, buf_size, i,
+                              io_uring_buf_ring_mask(entries), i);
+    io_uring_buf_ring_advance(br, entries);
+    *bufs_out = bufs;
+    *map_len = len;
+    *err = 0;
+    return br;
+}
+
+/* Give buffer `bid` back to the kernel. */
+static inline void zc_buf_ring_recycle(struct io_uring_buf_ring *br, char *bufs,
+                                       unsigned buf_size, unsigned entries, unsigned bid)
+{
+    io_uring_buf_ring_add(br, bufs + (size_t)bid * buf_size, buf_size, bid,
+                          io_uring_buf_ring_mask(entries), 0);
+    io_uring_buf_ring_advance(br, 1);
+}
+
+static inline int zc_opcode_supported(struct io_uring_probe *p, int op)
+{
+    return p != NULL && io_uring_opcode_supported(p, op);
+}
+
+#endif

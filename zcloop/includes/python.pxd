@@ -1,0 +1,14 @@
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    int PyContext_Enter(PyObject *) except -1
+    int PyContext_Exit(PyObject *) except -1
+    object PyContext_CopyCurrent()
+    int PyErr_CheckSignals() except -1
+    unsigned long PyThread_get_thread_ident()
+    int PyObject_GetBuffer(object obj, Py_buffer *view, int flags) except -1
+    void PyBuffer_Release(Py_buffer *view)
+    int PyBUF_SIMPLE
+    int PyBUF_WRITABLE
+    int PyBUF_C_CONTIGUOUS
+    int PyBUF_ANY_CONTIGUOUS

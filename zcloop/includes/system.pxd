@@ -1,0 +1,33 @@
+# POSIX declarations used by the core.
+from libc.stdint cimport uint64_t
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk_id, timespec *tp)
+    clockid_t CLOCK_MONOTONIC
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_CLOEXEC
+    int EFD_NONBLOCK
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t write(int fd, const void *buf, size_t count)
+    ssize_t read(int fd, void *buf, size_t count)
+    int close(int fd)
+    int getpid()
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EINTR, EAGAIN, ETIME, ECANCELED, ENOBUFS, ENOENT, EALREADY, EINVAL, EPERM
+    int ENOSYS, ENOMEM, EOPNOTSUPP, EPIPE, ECONNRESET, EBADF, EEXIST, EMSGSIZE, EBUSY
+    int ECONNABORTED, ENOTCONN, ESHUTDOWN, ETIMEDOUT, ECONNREFUSED, EMFILE, ENFILE
+
+cdef extern from "<poll.h>" nogil:
+    int POLLIN, POLLOUT, POLLERR, POLLHUP, POLLPRI, POLLNVAL
+
+cdef extern from "<sys/mman.h>" nogil:
+    int munmap(void *addr, size_t length)

@@ -1,0 +1,26 @@
+cdef class UringOp:
+    # One kind of ring request.  The loop keeps the op referenced from
+    # submission until its final CQE (one without IORING_CQE_F_MORE).
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1
+    cdef int on_close(self, RingLoop loop) except -1
+
+
+cdef class _WakeupRead(UringOp):
+    pass
+
+
+cdef class _SignalRead(UringOp):
+    pass
+
+
+cdef class _FdWatcher(UringOp):
+    cdef:
+        int fd
+        Handle reader
+        Handle writer
+        uint64_t armed_ud
+        uint32_t armed_mask
+        bint queued
+
+    cdef uint32_t wanted_mask(self)

@@ -1,0 +1,74 @@
+# Ring operations owned by the loop itself.  Transports define their own
+# UringOp subclasses in handles/.
+
+cdef class UringOp:
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        return 0
+
+    cdef int on_close(self, RingLoop loop) except -1:
+        # The loop is closing and this op's final CQE will never be seen.
+        return 0
+
+
+cdef class _WakeupRead(UringOp):
+    # READ of the loop's eventfd: completes when another thread calls
+    # call_soon_threadsafe().
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        loop._on_wakeup(res)
+        return 0
+
+
+cdef class _SignalRead(UringOp):
+    # READ of the set_wakeup_fd() socket: one byte per delivered signal.
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        loop._on_signal_bytes(res)
+        return 0
+
+
+cdef class _FdWatcher(UringOp):
+    # add_reader()/add_writer() on one fd: a one-shot POLL_ADD for the union
+    # of the wanted events, re-armed after the callbacks ran (level-triggered,
+    # like a selector).
+    # armed_ud: user_data of the poll in flight (0 if none); queued: the
+    # watcher sits in loop._pending_polls waiting to be (re-)armed.
+
+    cdef uint32_t wanted_mask(self):
+        cdef uint32_t mask = 0
+        if self.reader is not None:
+            mask |= POLLIN
+        if self.writer is not None:
+            mask |= POLLOUT
+        return mask
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        if user_data != self.armed_ud:
+            return 0            # a poll we replaced or removed
+        self.armed_ud = 0
+        self.armed_mask = 0
+        if res == -ECANCELED:
+            pass
+        elif res < 0:
+            # EBADF etc.: the fd went away under us; report it through the
+            # callbacks as a selector does (they see the error on their call).
+            if self.reader is not None:
+                loop._add_ready(self.reader)
+            if self.writer is not None:
+                loop._add_ready(self.writer)
+        else:
+            if self.reader is not None and res & (POLLIN | POLLERR | POLLHUP | POLLPRI):
+                if self.reader._cancelled:
+                    self.reader = None
+                else:
+                    loop._add_ready(self.reader)
+            if self.writer is not None and res & (POLLOUT | POLLERR | POLLHUP):
+                if self.writer._cancelled:
+                    self.writer = None
+                else:
+                    loop._add_ready(self.writer)
+        loop._schedule_poll(self)
+        return 0
