@@ -10,6 +10,7 @@ cdef class RingLoop
 
 include "cbhandles.pxd"
 include "ops.pxd"
+include "handles/transport.pxd"
 
 
 cdef class RingLoop:

@@ -34,6 +34,7 @@ from asyncio import events as aio_events
 from asyncio import futures as aio_futures
 from asyncio import tasks as aio_tasks
 from asyncio import AbstractEventLoop
+from asyncio.trsock import TransportSocket
 from asyncio.format_helpers import _format_callback_source as format_callback_source
 from traceback import extract_stack, format_list
 from sys import _getframe as sys_getframe
@@ -62,6 +63,7 @@ _FEATURE_NAMES = frozenset({
 
 include "cbhandles.pyx"
 include "ops.pyx"
+include "handles/transport.pyx"
 include "errors.pyx"
 
 

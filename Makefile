@@ -1,0 +1,40 @@
+# zcloop: `make bench` (setup + quick side-by-side benchmark), `make test`
+# (setup + test suite).  Both install what they need on Debian/Ubuntu.
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup build test test-fast bench bench-full stress asan clean
+
+setup:
+	@if [ ! -f /usr/include/liburing.h ]; then \
+		echo "installing liburing-dev (apt)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev; \
+	fi
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk || true; }
+	$(PYTHON) -m pip install -q -e '.[test,bench]'
+
+build:
+	$(PYTHON) -m pip install -q -e . --no-build-isolation
+
+test: setup
+	$(PYTHON) -m pytest -q -ra --timeout=300 tests
+
+test-fast:
+	$(PYTHON) -m pytest -q -x tests
+
+bench: setup
+	$(PYTHON) bench/run.py --quick
+
+bench-full: setup
+	$(PYTHON) bench/run.py
+
+stress: setup
+	ZCLOOP_STRESS=long $(PYTHON) -m pytest -q -ra tests/test_stress.py
+
+asan:
+	ZCLOOP_ASAN=1 $(PYTHON) -m pip install -q -e . --no-build-isolation
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+		$(PYTHON) -m pytest -q -x tests
+
+clean:
+	rm -rf build zcloop/_ring.c zcloop/*.so *.egg-info

@@ -1,0 +1,29 @@
+cdef class RingTransport:
+    # What every zcloop transport shares: protocol, extra info, write-buffer
+    # flow control, close/abort bookkeeping (asyncio's _SelectorTransport and
+    # _FlowControlMixin semantics).
+    cdef:
+        RingLoop _loop
+        object _protocol
+        bint _protocol_connected
+        object _sock
+        int _fd
+        dict _extra
+        object _server
+        bint _closing
+        int _conn_lost
+        bint _protocol_paused
+        Py_ssize_t _high_water
+        Py_ssize_t _low_water
+        object __weakref__
+
+    cdef _init_transport(self, RingLoop loop, object sock, object protocol, object extra,
+                         object server)
+    cdef Py_ssize_t _buffer_size(self)
+    cdef _maybe_pause_protocol(self)
+    cdef _maybe_resume_protocol(self)
+    cdef _set_limits(self, object high, object low)
+    cdef _fatal_error(self, object exc, str message)
+    cdef _force_close(self, object exc)
+    cdef _schedule_connection_lost(self, object exc)
+    cdef _close_socket(self)

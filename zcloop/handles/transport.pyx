@@ -1,0 +1,172 @@
+@cython.no_gc_clear
+cdef class RingTransport:
+
+    def __cinit__(self):
+        self._fd = -1
+        self._high_water = 64 * 1024
+        self._low_water = 16 * 1024
+
+    cdef _init_transport(self, RingLoop loop, object sock, object protocol, object extra,
+                         object server):
+        self._loop = loop
+        self._extra = dict(extra) if extra else {}
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._extra['socket'] = TransportSocket(sock)
+        try:
+            self._extra['sockname'] = sock.getsockname()
+        except OSError:
+            self._extra['sockname'] = None
+        if 'peername' not in self._extra:
+            try:
+                self._extra['peername'] = sock.getpeername()
+            except OSError:
+                self._extra['peername'] = None
+        self.set_protocol(protocol)
+        self._server = server
+        if server is not None:
+            server._attach()
+        loop._transports[self._fd] = self
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._fd}')
+        if self._loop is not None and not self._loop.is_closed():
+            info.append(f'bufsize={self._buffer_size()}')
+        return '<{}>'.format(' '.join(info))
+
+    def __del__(self):
+        if self._sock is not None:
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._close_socket()
+
+    # -- BaseTransport API
+
+    def get_extra_info(self, name, default=None):
+        """Get optional transport information."""
+        return self._extra.get(name, default)
+
+    def is_closing(self):
+        return self._closing
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self):
+        return self._protocol
+
+    def abort(self):
+        self._force_close(None)
+
+    # -- write-buffer flow control (asyncio.transports._FlowControlMixin)
+
+    cdef Py_ssize_t _buffer_size(self):
+        return 0
+
+    def get_write_buffer_size(self):
+        return self._buffer_size()
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    cdef _set_limits(self, object high, object low):
+        if high is None:
+            if low is None:
+                high = 64 * 1024
+            else:
+                high = 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
+        self._high_water = high
+        self._low_water = low
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_limits(high, low)
+        self._maybe_pause_protocol()
+
+    cdef _maybe_pause_protocol(self):
+        if self._buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                'message': 'protocol.pause_writing() failed',
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+
+    cdef _maybe_resume_protocol(self):
+        if self._protocol_paused and self._buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._loop.call_exception_handler({
+                    'message': 'protocol.resume_writing() failed',
+                    'exception': exc,
+                    'transport': self,
+                    'protocol': self._protocol,
+                })
+
+    # -- errors and teardown
+
+    cdef _fatal_error(self, object exc, str message):
+        if isinstance(exc, OSError):
+            if self._loop._debug:
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._force_close(exc)
+
+    cdef _force_close(self, object exc):
+        # Subclasses drop queued data and cancel their ring operations first.
+        if self._conn_lost:
+            return
+        self._closing = True
+        self._schedule_connection_lost(exc)
+
+    cdef _schedule_connection_lost(self, object exc):
+        self._conn_lost += 1
+        self._loop._call_soon(self._call_connection_lost, (exc,), None)
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._close_socket()
+            self._protocol = None
+            server = self._server
+            if server is not None:
+                self._server = None
+                server._detach()
+
+    cdef _close_socket(self):
+        # The kernel keeps its own file reference for operations still in
+        # flight, so closing the fd here is safe; nothing is submitted for
+        # this fd afterwards.
+        if self._sock is None:
+            return
+        if self._loop is not None and self._loop._transports.get(self._fd) is self:
+            del self._loop._transports[self._fd]
+        self._sock.close()
+        self._sock = None
