@@ -10,6 +10,7 @@ cdef class RingLoop
 
 include "cbhandles.pxd"
 include "ops.pxd"
+include "sockaddr.pxd"
 include "handles/transport.pxd"
 
 

@@ -8,7 +8,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 
 from .includes.liburing cimport *
 from .includes.system cimport *
@@ -63,6 +63,7 @@ _FEATURE_NAMES = frozenset({
 
 include "cbhandles.pyx"
 include "ops.pyx"
+include "sockaddr.pyx"
 include "handles/transport.pyx"
 include "errors.pyx"
 
