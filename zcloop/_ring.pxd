@@ -4,7 +4,8 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from cpython.object cimport PyObject
 
 from .includes.liburing cimport (
-    io_uring, io_uring_sqe, zc_cqe, io_uring_buf_ring, __kernel_timespec)
+    io_uring, io_uring_sqe, zc_cqe, io_uring_buf_ring, __kernel_timespec, iovec, msghdr,
+    sockaddr)
 
 cdef class RingLoop
 
@@ -12,6 +13,9 @@ include "cbhandles.pxd"
 include "ops.pxd"
 include "sockaddr.pxd"
 include "handles/transport.pxd"
+include "handles/stream.pxd"
+include "handles/server.pxd"
+include "handles/sockops.pxd"
 
 
 cdef class RingLoop:
@@ -84,6 +88,13 @@ cdef class RingLoop:
         uint32_t _buf_count
 
         dict _transports                # fd -> transport, as selector_events
+        dict _unix_server_sockets       # listening AF_UNIX socket -> inode
+
+        # zero-copy sends (zerocopy.md W1, W10)
+        public Py_ssize_t zc_threshold  # default for new transports
+        Py_ssize_t _zc_budget           # max bytes pinned by SEND_ZC at once
+        Py_ssize_t _zc_pinned_total
+        bint _zc_report_usage
 
     # ring plumbing
     cdef _setup_ring(self)
@@ -116,5 +127,9 @@ cdef class RingLoop:
 
     # fd watchers
     cdef _flush_pending(self)
+    cdef bint _ensure_buf_ring(self) except -1
+    cdef _recycle_buf(self, unsigned bid)
+    cdef bint _zc_reserve(self, Py_ssize_t nbytes)
+    cdef _zc_unreserve(self, Py_ssize_t nbytes)
     cdef _schedule_poll(self, _FdWatcher watcher)
     cdef _arm_poll(self, _FdWatcher watcher)

@@ -12,18 +12,28 @@ from libc.string cimport memset, memcpy
 
 from .includes.liburing cimport *
 from .includes.system cimport *
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport (
+    PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release,
+    PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS)
 from .includes.python cimport (
     PyContext_Enter, PyContext_Exit, PyContext_CopyCurrent, PyErr_CheckSignals,
     PyThread_get_thread_ident)
 
 import collections
+import collections.abc
 import concurrent.futures
 import errno as errno_mod
+import functools
 import heapq
+import ipaddress
+import itertools
 import logging
 import os
+import resource
 import signal
 import socket
+import stat
 import sys
 import threading
 import warnings
@@ -34,6 +44,16 @@ from asyncio import events as aio_events
 from asyncio import futures as aio_futures
 from asyncio import tasks as aio_tasks
 from asyncio import AbstractEventLoop
+from asyncio import constants as aio_constants
+from asyncio import exceptions as aio_exceptions
+from asyncio import sslproto as aio_sslproto
+from asyncio import staggered as aio_staggered
+from asyncio.base_events import _ipaddr_info
+from asyncio.protocols import BufferedProtocol as aio_protocols_BufferedProtocol
+try:
+    import ssl as ssl_mod
+except ImportError:
+    ssl_mod = None
 from asyncio.trsock import TransportSocket
 from asyncio.format_helpers import _format_callback_source as format_callback_source
 from traceback import extract_stack, format_list
@@ -51,6 +71,12 @@ cdef double MAXIMUM_SELECT_TIMEOUT = 24 * 3600
 cdef unsigned SQ_ENTRIES = 1024
 cdef unsigned CQ_ENTRIES = 4096
 
+# The loop-wide provided-buffer ring for multishot receives (R1).
+cdef int ZC_BGID = 0
+
+aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
+_CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
+
 # Objects the kernel may still reference when a loop closed without seeing
 # their last CQE: never freed (leaking is safe, freeing is not).
 _quarantine = []
@@ -65,6 +91,10 @@ include "cbhandles.pyx"
 include "ops.pyx"
 include "sockaddr.pyx"
 include "handles/transport.pyx"
+include "handles/stream.pyx"
+include "handles/server.pyx"
+include "handles/sockops.pyx"
+include "api_streams.pyx"
 include "errors.pyx"
 
 
@@ -116,8 +146,13 @@ cdef class RingLoop:
         self._pending_polls = []
         self._pending_flush = []
         self._transports = {}
+        self._unix_server_sockets = {}
         self._buf_size = 64 * 1024
         self._buf_count = 256
+        self.zc_threshold = 16 * 1024
+        self._zc_budget = _zc_default_budget()
+        self._zc_pinned_total = 0
+        self._zc_report_usage = self._feature('report_usage')
         self._owner_pid = getpid()
         self._grow_slots()
         self._setup_ring()
@@ -426,7 +461,52 @@ cdef class RingLoop:
             self._buf_base = NULL
 
     def _close_drain_timeout(self):
-        return 1.0
+        return 1.0 if self._zc_pinned_total else 0.25
+
+    cdef bint _ensure_buf_ring(self) except -1:
+        """Create the loop-wide provided-buffer ring on first use; False when
+        it cannot be used (feature off, registration refused)."""
+        cdef int err = 0
+        if self._buf_ring != NULL:
+            return True
+        if self._buf_count == 0:
+            return False
+        if not self._feature('buf_ring'):
+            self._buf_count = 0
+            return False
+        self._buf_ring = zc_buf_ring_setup(&self._ring, self._buf_count, self._buf_size,
+                                           ZC_BGID, 0, &self._buf_base, &self._buf_map_len,
+                                           &err)
+        if self._buf_ring == NULL:
+            logger.info('zcloop: provided-buffer ring unavailable (%s); using one-shot '
+                        'receives', os.strerror(-err))
+            self._buf_count = 0
+            return False
+        return True
+
+    cdef _recycle_buf(self, unsigned bid):
+        if self._buf_ring != NULL:
+            zc_buf_ring_recycle(self._buf_ring, self._buf_base, self._buf_size,
+                                self._buf_count, bid)
+
+    cdef bint _zc_reserve(self, Py_ssize_t nbytes):
+        if self._zc_pinned_total + nbytes > self._zc_budget:
+            return False
+        self._zc_pinned_total += nbytes
+        return True
+
+    cdef _zc_unreserve(self, Py_ssize_t nbytes):
+        self._zc_pinned_total -= nbytes
+
+    def zc_stats(self):
+        """Loop-wide zero-copy state: pinned bytes, budget, probe results."""
+        return {
+            'send_zc': self._op_ok(IORING_OP_SEND_ZC) and self._feature('send_zc'),
+            'report_usage': self._zc_report_usage,
+            'threshold': self.zc_threshold,
+            'pinned_bytes': self._zc_pinned_total,
+            'budget': self._zc_budget,
+        }
 
     def features(self):
         """What this loop's ring uses: setup flags, supported ops, switches."""
@@ -534,7 +614,7 @@ cdef class RingLoop:
             flush = self._pending_flush
             self._pending_flush = []
             for transport in flush:
-                transport._flush()
+                (<StreamTransport>transport)._flush()
 
     cdef _check_closed(self):
         if self._closed:
@@ -1181,7 +1261,7 @@ cdef class RingLoop:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
 
-class Loop(RingLoop, AbstractEventLoop):
+class Loop(RingLoop, _StreamsAPI, AbstractEventLoop):
     """asyncio event loop on Linux io_uring (see zcloop's README).
 
     Loop(*, disable_features=None): ``disable_features`` names ring features
@@ -1250,6 +1330,29 @@ def _fileobj_to_fd(fileobj):
     if fd < 0:
         raise ValueError(f"Invalid file descriptor: {fd}")
     return fd
+
+
+def _zc_default_budget():
+    # W10: min(64 MiB, half of RLIMIT_MEMLOCK) unless CAP_IPC_LOCK lifts the
+    # memlock accounting of SEND_ZC pages.
+    budget = 64 * 1024 * 1024
+    if _has_cap_ipc_lock():
+        return budget
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != resource.RLIM_INFINITY:
+        budget = min(budget, soft // 2)
+    return budget
+
+
+def _has_cap_ipc_lock():
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('CapEff:'):
+                    return bool(int(line.split()[1], 16) & (1 << 14))
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _env_disabled_features():

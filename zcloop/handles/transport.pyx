@@ -25,7 +25,7 @@ cdef class RingTransport:
         self.set_protocol(protocol)
         self._server = server
         if server is not None:
-            server._attach()
+            server._attach(self)
         loop._transports[self._fd] = self
 
     def __repr__(self):
@@ -158,7 +158,7 @@ cdef class RingTransport:
             server = self._server
             if server is not None:
                 self._server = None
-                server._detach()
+                server._detach(self)
 
     cdef _close_socket(self):
         # The kernel keeps its own file reference for operations still in

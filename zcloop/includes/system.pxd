@@ -31,3 +31,7 @@ cdef extern from "<poll.h>" nogil:
 
 cdef extern from "<sys/mman.h>" nogil:
     int munmap(void *addr, size_t length)
+
+cdef extern from "<sys/socket.h>" nogil:
+    int MSG_WAITALL, MSG_NOSIGNAL, MSG_DONTWAIT, MSG_TRUNC
+    int SOCK_NONBLOCK, SOCK_CLOEXEC

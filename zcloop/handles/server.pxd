@@ -1,0 +1,27 @@
+cdef class _AcceptOp(UringOp):
+    # Multishot ACCEPT on one listening socket, re-armed when it ends.
+    cdef:
+        RingLoop loop
+        object sock
+        int fd
+        object protocol_factory
+        object ssl
+        object server
+        object ssl_handshake_timeout
+        object ssl_shutdown_timeout
+        uint64_t ud
+        bint stopped
+        object retry_handle
+
+    cdef arm(self)
+    cdef stop(self)
+
+
+cdef class _ConnectOp(UringOp):
+    cdef:
+        sockaddr_storage addr
+        socklen_t addrlen
+        object fut
+        object address
+        uint64_t ud
+        RingLoop loop

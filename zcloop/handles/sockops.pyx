@@ -1,0 +1,57 @@
+# Low-level sock_* operations on the ring.
+
+@cython.no_gc_clear
+cdef class _SendAllOp(UringOp):
+    # SEND with MSG_WAITALL of a pinned buffer; the buffer is released only
+    # at the final CQE, even if the awaiting task was cancelled.
+
+    def __dealloc__(self):
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        self.ud = 0
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+        if self.fut.done():
+            return 0
+        if res < 0:
+            self.fut.set_exception(_send_error(res))
+        else:
+            self.fut.set_result(None)
+        return 0
+
+    def _cancelled(self, fut):
+        if fut.cancelled() and self.ud:
+            self.loop._cancel_op(self.ud)
+
+
+cdef object ring_sendall(RingLoop loop, object sock, object data):
+    cdef _SendAllOp op = _SendAllOp()
+    cdef io_uring_sqe *sqe
+    cdef Py_ssize_t sent = 0
+    PyObject_GetBuffer(data, &op.view, PyBUF_SIMPLE)
+    op.has_view = True
+    op.loop = loop
+    op.fut = loop.create_future()
+    # Fast path, as asyncio: the socket usually has room.
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except BaseException as exc:
+        op.fut.set_exception(exc)
+        return op.fut
+    if sent >= op.view.len:
+        op.fut.set_result(None)
+        return op.fut
+    sqe = loop._sqe()
+    io_uring_prep_send(sqe, sock.fileno(), <char*>op.view.buf + sent, op.view.len - sent,
+                       SEND_FLAGS)
+    op.ud = loop._track(op)
+    io_uring_sqe_set_data64(sqe, op.ud)
+    op.fut.add_done_callback(op._cancelled)
+    return op.fut

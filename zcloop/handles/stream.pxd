@@ -1,0 +1,96 @@
+cdef class ZeroCopyWrite:
+    cdef:
+        readonly object sent
+        readonly object released
+        readonly Py_ssize_t nbytes
+        bint _went_zc          # at least one byte went out as SEND_ZC
+        bint _copied           # the kernel copied (COPIED notification or copy send)
+        bint _usage_known      # every ZC notification carried usage bits
+
+    cdef _set_sent(self, object exc)
+    cdef _set_released(self)
+
+
+cdef class _Pinned:
+    # A write_zc() buffer, pinned with PyObject_GetBuffer until the kernel
+    # no longer references it.  refs = 1 while queued/unsent + 1 per ring
+    # request covering it that has not seen its final CQE.
+    cdef:
+        Py_buffer view
+        bint has_view
+        ZeroCopyWrite handle
+        int refs
+
+    cdef _unref(self)
+
+
+cdef class _SendOp(UringOp):
+    cdef:
+        StreamTransport transport
+        list entries            # bytes / _Pinned objects the request reads from
+        Py_ssize_t offset       # bytes of entries[0] sent before this request
+        Py_ssize_t nbytes       # bytes in the request
+        bint zc
+        bint implicit_zc        # ZC chosen for plain write() data
+        bint popped             # entries left the queue with this request
+        uint64_t ud
+        iovec *iov
+        int niov
+        msghdr msg
+
+
+cdef class _RecvOp(UringOp):
+    cdef StreamTransport transport
+
+
+cdef class StreamTransport(RingTransport):
+    cdef:
+        object _queue                # deque of bytes / _Pinned
+        Py_ssize_t _queue_bytes
+        Py_ssize_t _queue_offset     # bytes of _queue[0] already sent
+        _SendOp _send_op             # the one send chain in flight, or None
+        Py_ssize_t _inflight_bytes
+        bint _flush_queued
+        bint _eof
+        bint _shutdown_done
+
+        _RecvOp _recv_op
+        uint64_t _recv_ud
+        bint _recv_cancelled
+        bint _paused
+        bint _read_eof
+        list _paused_data            # data that arrived while paused (None = EOF)
+        bint _buffered               # protocol is a BufferedProtocol
+        char *_rbuf                  # own receive buffer without a buffer ring
+
+        bint _zc_capable             # TCP over IPv4/IPv6 and SEND_ZC supported
+        bint _zc_write               # plain write() may use SEND_ZC
+        Py_ssize_t _zc_threshold
+        Py_ssize_t _zc_pinned
+        object _waiter
+
+        # statistics (zerocopy.md W15)
+        Py_ssize_t _st_zc_bytes
+        Py_ssize_t _st_copy_bytes
+        Py_ssize_t _st_zc_copied
+        Py_ssize_t _st_demotions
+        Py_ssize_t _st_sends
+
+    cdef _init_stream(self, RingLoop loop, object sock, object protocol, object waiter,
+                      object extra, object server)
+    cdef _enqueue(self, object entry, Py_ssize_t n)
+    cdef _flush(self)
+    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)
+    cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags)
+    cdef _on_send_notif(self, _SendOp op, int32_t res)
+    cdef _release_op(self, _SendOp op)
+    cdef _requeue(self, _SendOp op, Py_ssize_t done)
+    cdef _after_drain(self)
+    cdef _drop_queue(self, object exc)
+    cdef _start_reading(self)
+    cdef _arm_recv(self)
+    cdef _stop_recv(self)
+    cdef _on_recv(self, uint64_t ud, int32_t res, uint32_t flags)
+    cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1
+    cdef _on_eof(self)
+    cdef _demote(self)

@@ -1,0 +1,778 @@
+# Stream transports (TCP, Unix, pipes' socket cousins) on the ring.
+#
+# Writes: write() snapshots non-bytes data and queues it; once per loop
+# iteration the queue goes out as ONE request (SEND / SENDMSG, or SEND_ZC /
+# SENDMSG_ZC for large immutable payloads), always with MSG_WAITALL, and at
+# most one request per socket is in flight (zerocopy.md W5, W6).
+# Reads: a multishot RECV fed from the loop-wide provided-buffer ring; each
+# completion is copied into bytes and the buffer recycled at once (R1).
+
+cdef Py_ssize_t IOV_MAX_SEGMENTS = 1024
+cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (W6)
+cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
+cdef int SEND_FLAGS = MSG_WAITALL | MSG_NOSIGNAL
+
+
+@cython.no_gc_clear
+cdef class ZeroCopyWrite:
+    """Handle returned by transport.write_zc(buffer).
+
+    ``sent`` resolves with the number of bytes once the kernel accepted the
+    buffer's last byte (or fails with the connection's error; it is
+    cancelled if the transport is aborted first).  ``released`` resolves once
+    the kernel no longer references the memory: only then may the buffer be
+    modified.  Its result is True if the bytes went out without a copy,
+    False if the kernel (or zcloop) copied them, None where the kernel cannot
+    tell (before Linux 6.2).  ``released`` never raises.
+    """
+
+    def __repr__(self):
+        return (f'<ZeroCopyWrite nbytes={self.nbytes} sent={_fut_state(self.sent)} '
+                f'released={_fut_state(self.released)}>')
+
+    def __await__(self):
+        return self.released.__await__()
+
+    cdef _set_sent(self, object exc):
+        if self.sent.done():
+            return
+        if exc is None:
+            self.sent.set_result(self.nbytes)
+        elif exc is _CANCELLED:
+            self.sent.cancel()
+        else:
+            self.sent.set_exception(exc)
+            # Nobody may be awaiting it: don't log "never retrieved".
+            self.sent.exception()
+
+    cdef _set_released(self):
+        if self.released.done():
+            return
+        if self._copied or not self._went_zc:
+            result = False
+        elif not self._usage_known:
+            result = None
+        else:
+            result = True
+        self.released.set_result(result)
+
+
+cdef object _CANCELLED = object()
+
+
+cdef _fut_state(fut):
+    if not fut.done():
+        return 'pending'
+    if fut.cancelled():
+        return 'cancelled'
+    if fut.exception() is not None:
+        return 'error'
+    return repr(fut.result())
+
+
+@cython.no_gc_clear
+cdef class _Pinned:
+
+    def __dealloc__(self):
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+
+    cdef _unref(self):
+        self.refs -= 1
+        if self.refs == 0:
+            if self.has_view:
+                self.has_view = False
+                PyBuffer_Release(&self.view)
+            self.handle._set_released()
+
+
+cdef inline Py_ssize_t _entry_len(object entry):
+    if type(entry) is bytes:
+        return PyBytes_GET_SIZE(entry)
+    return (<_Pinned>entry).view.len
+
+
+cdef inline char *_entry_ptr(object entry):
+    if type(entry) is bytes:
+        return PyBytes_AS_STRING(entry)
+    return <char*>(<_Pinned>entry).view.buf
+
+
+@cython.no_gc_clear
+cdef class _SendOp(UringOp):
+
+    def __dealloc__(self):
+        if self.iov != NULL:
+            PyMem_Free(self.iov)
+            self.iov = NULL
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        if flags & IORING_CQE_F_NOTIF:
+            self.transport._on_send_notif(self, res)
+        else:
+            self.transport._on_send_done(self, res, flags)
+        return 0
+
+    cdef int on_close(self, RingLoop loop) except -1:
+        # Loop closed before the kernel let go: the buffers stay referenced
+        # by this op (quarantined); the futures never resolve.
+        return 0
+
+
+cdef class _RecvOp(UringOp):
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        self.transport._on_recv(user_data, res, flags)
+        return 0
+
+
+@cython.no_gc_clear
+cdef class StreamTransport(RingTransport):
+
+    def __cinit__(self):
+        self._queue = collections.deque()
+        self._paused_data = []
+
+    def __dealloc__(self):
+        if self._rbuf != NULL:
+            PyMem_Free(self._rbuf)
+            self._rbuf = NULL
+
+    cdef _init_stream(self, RingLoop loop, object sock, object protocol, object waiter,
+                      object extra, object server):
+        self._init_transport(loop, sock, protocol, extra, server)
+        self._waiter = waiter
+        family = sock.family
+        if family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            _set_nodelay(sock)
+            self._zc_capable = (loop._op_ok(IORING_OP_SEND_ZC) and loop._feature('send_zc'))
+            # Local peers always get a copy (loopback, own addresses): plain
+            # write() only uses SEND_ZC towards other hosts (W2).
+            self._zc_write = self._zc_capable and not _is_local_peer(
+                self._extra.get('peername'), self._extra.get('sockname'))
+        self._zc_threshold = loop.zc_threshold
+        loop._call_soon(self._protocol.connection_made, (self,), None)
+        loop._call_soon(self._start_reading_cb, None, None)
+        if waiter is not None:
+            loop._call_soon(aio_futures._set_result_unless_cancelled, (waiter, None), None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._fd}')
+        if self._sock is not None:
+            info.append('read=' + ('paused' if self._paused else 'active'))
+            info.append(f'write=<{"busy" if self._send_op is not None else "idle"}, '
+                        f'bufsize={self._buffer_size()}>')
+        return '<{}>'.format(' '.join(info))
+
+    # ------------------------------------------------------------------
+    # Protocol switching and reading
+
+    def set_protocol(self, protocol):
+        self._buffered = isinstance(protocol, aio_protocols_BufferedProtocol)
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._stop_recv()
+        if self._loop._debug:
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._paused_data:
+            self._loop._call_soon(self._deliver_paused, None, None)
+        self._start_reading()
+        if self._loop._debug:
+            logger.debug("%r resumes reading", self)
+
+    def _start_reading_cb(self):
+        self._start_reading()
+
+    cdef _start_reading(self):
+        if self._closing or self._paused or self._read_eof or self._sock is None:
+            return
+        if self._recv_ud == 0:
+            self._arm_recv()
+
+    cdef _arm_recv(self):
+        cdef RingLoop loop = self._loop
+        cdef io_uring_sqe *sqe
+        if self._recv_op is None:
+            self._recv_op = _RecvOp()
+            self._recv_op.transport = self
+        sqe = loop._sqe()
+        if loop._ensure_buf_ring():
+            if loop._feature('recv_multishot'):
+                io_uring_prep_recv_multishot(sqe, self._fd, NULL, 0, 0)
+            else:
+                io_uring_prep_recv(sqe, self._fd, NULL, loop._buf_size, 0)
+            io_uring_sqe_set_flags(sqe, IOSQE_BUFFER_SELECT)
+            sqe.buf_group = ZC_BGID
+        else:
+            if self._rbuf == NULL:
+                self._rbuf = <char*>PyMem_Malloc(loop._buf_size)
+                if self._rbuf == NULL:
+                    raise MemoryError()
+            io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
+        self._recv_ud = loop._track(self._recv_op)
+        self._recv_cancelled = False
+        io_uring_sqe_set_data64(sqe, self._recv_ud)
+
+    cdef _stop_recv(self):
+        if self._recv_ud and not self._recv_cancelled:
+            self._recv_cancelled = True
+            self._loop._cancel_op(self._recv_ud)
+
+    cdef _on_recv(self, uint64_t ud, int32_t res, uint32_t flags):
+        cdef RingLoop loop = self._loop
+        cdef bint final = not (flags & IORING_CQE_F_MORE)
+        cdef unsigned bid
+        cdef const char *data = NULL
+        if final and ud == self._recv_ud:
+            self._recv_ud = 0
+        if flags & IORING_CQE_F_BUFFER:
+            bid = flags >> IORING_CQE_BUFFER_SHIFT
+            data = loop._buf_base + <size_t>bid * loop._buf_size
+        elif res > 0:
+            data = self._rbuf
+        try:
+            if res > 0 and self._conn_lost == 0 and self._protocol is not None:
+                if self._paused or self._paused_data:
+                    self._paused_data.append(PyBytes_FromStringAndSize(data, res))
+                else:
+                    self._deliver(data, res, None)
+        finally:
+            if flags & IORING_CQE_F_BUFFER:
+                loop._recycle_buf(bid)
+        if not final or self._conn_lost or self._sock is None:
+            return
+        if res == 0:
+            if self._paused or self._paused_data:
+                self._paused_data.append(None)
+            else:
+                self._on_eof()
+        elif res > 0 or res == -ENOBUFS or res == -ECANCELED:
+            # Multishot ended (buffer ring empty, fairness, a cancel from
+            # pause_reading): re-arm if we still want data.
+            self._start_reading()
+        else:
+            exc = OSError(-res, os.strerror(-res))
+            self._fatal_error(exc, 'Fatal read error on socket transport')
+
+    cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1:
+        cdef Py_buffer view
+        cdef Py_ssize_t chunk
+        if not self._buffered:
+            if obj is None:
+                obj = PyBytes_FromStringAndSize(data, n)
+            try:
+                self._protocol.data_received(obj)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, 'Fatal error: protocol.data_received() call failed.')
+            return 0
+        # BufferedProtocol: copy straight into the protocol's buffer(s).
+        while n > 0 and not self._conn_lost:
+            try:
+                buf = self._protocol.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError('get_buffer() returned an empty buffer')
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return 0
+            PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
+            chunk = min(view.len, n)
+            memcpy(view.buf, data, chunk)
+            PyBuffer_Release(&view)
+            data += chunk
+            n -= chunk
+            try:
+                self._protocol.buffer_updated(chunk)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                return 0
+        return 0
+
+    def _deliver_paused(self):
+        cdef bytes data
+        while self._paused_data and not self._paused and not self._conn_lost:
+            item = self._paused_data.pop(0)
+            if item is None:
+                self._on_eof()
+            else:
+                data = item
+                self._deliver(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data)
+
+    cdef _on_eof(self):
+        self._read_eof = True
+        if self._loop._debug:
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, 'Fatal error: protocol.eof_received() call failed.')
+            return
+        if not keep_open:
+            self.close()
+
+    # ------------------------------------------------------------------
+    # Writing
+
+    cdef Py_ssize_t _buffer_size(self):
+        return self._queue_bytes + self._inflight_bytes
+
+    def write(self, data):
+        """Queue data; it goes out with everything else written in this loop
+        iteration, in one request."""
+        cdef Py_ssize_t n
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f'data argument must be a bytes-like object, '
+                                f'not {type(data).__name__!r}')
+            # Snapshot: the caller may reuse its buffer as soon as we return.
+            data = bytes(data)
+        if self._eof:
+            raise RuntimeError('Cannot call write() after write_eof()')
+        n = PyBytes_GET_SIZE(data)
+        if n == 0:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning('socket.send() raised exception.')
+            self._conn_lost += 1
+            return
+        self._enqueue(data, n)
+
+    def writelines(self, list_of_data):
+        """Write a list (or any iterable) of data as one batch."""
+        for data in list_of_data:
+            self.write(data)
+
+    def write_zc(self, data):
+        """Send ``data`` without copying it where the kernel allows
+        (IORING_OP_SEND_ZC) and return a ZeroCopyWrite handle.
+
+        ``data`` may be any C-contiguous buffer; it must not be modified
+        until ``handle.released`` is done.
+        """
+        cdef _Pinned pinned
+        cdef ZeroCopyWrite handle
+        if not PyObject_CheckBuffer(data):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if self._eof:
+            raise RuntimeError('Cannot call write_zc() after write_eof()')
+        pinned = _Pinned()
+        try:
+            PyObject_GetBuffer(data, &pinned.view, PyBUF_C_CONTIGUOUS)
+        except BufferError as exc:
+            raise TypeError(f'write_zc() needs a C-contiguous buffer: {exc}') from None
+        pinned.has_view = True
+        handle = ZeroCopyWrite()
+        handle.sent = aio_futures.Future(loop=self._loop)
+        handle.released = aio_futures.Future(loop=self._loop)
+        handle.nbytes = pinned.view.len
+        handle._usage_known = True
+        pinned.handle = handle
+        pinned.refs = 1
+        if pinned.view.len == 0:
+            handle._set_sent(None)
+            pinned._unref()
+        elif self._conn_lost:
+            self._conn_lost += 1
+            handle._set_sent(ConnectionResetError('Connection lost'))
+            pinned._unref()
+        else:
+            self._enqueue(pinned, pinned.view.len)
+        return handle
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._send_op is None and not self._queue:
+            self._shutdown_write()
+
+    def _shutdown_write(self):
+        if self._shutdown_done or self._sock is None:
+            return
+        self._shutdown_done = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    cdef _enqueue(self, object entry, Py_ssize_t n):
+        self._queue.append(entry)
+        self._queue_bytes += n
+        if not self._flush_queued and self._send_op is None:
+            self._flush_queued = True
+            self._loop._pending_flush.append(self)
+        self._maybe_pause_protocol()
+
+    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
+        """Does this entry go out as SEND_ZC (zerocopy.md W2, W3, W10)?"""
+        cdef RingLoop loop = self._loop
+        if not self._zc_capable or self._zc_threshold <= 0 or remaining < self._zc_threshold:
+            return False
+        if type(entry) is bytes:
+            if not self._zc_write:
+                return False
+        remaining = min(remaining, ZC_MAX_REQUEST)
+        if self._zc_pinned + remaining > ZC_MAX_PINNED_PER_TRANSPORT:
+            return False
+        return loop._zc_reserve(remaining)
+
+    cdef _flush(self):
+        cdef RingLoop loop = self._loop
+        cdef _SendOp op
+        cdef io_uring_sqe *sqe
+        cdef Py_ssize_t total = 0, n, offset, i
+        cdef int niov = 0
+        cdef bint zc
+        self._flush_queued = False
+        if self._send_op is not None or not self._queue or self._sock is None:
+            return
+        queue = self._queue
+        offset = self._queue_offset
+        first = queue[0]
+        n = _entry_len(first) - offset
+        zc = self._entry_zc(first, n)
+        op = _SendOp()
+        op.transport = self
+        op.offset = offset
+        op.zc = zc
+        if zc:
+            # One large entry, at most ZC_MAX_REQUEST of it per request.
+            op.implicit_zc = type(first) is bytes
+            n = min(n, ZC_MAX_REQUEST)
+            op.entries = [first]
+            total = n
+            niov = 1
+        else:
+            entries = []
+            for entry in queue:
+                if niov == IOV_MAX_SEGMENTS:
+                    break
+                if niov and self._zc_capable and self._zc_threshold > 0 and \
+                        _entry_len(entry) >= self._zc_threshold:
+                    break       # leave it for its own zero-copy request
+                entries.append(entry)
+                total += _entry_len(entry)
+                niov += 1
+            total -= offset
+            op.entries = entries
+        op.nbytes = total
+        sqe = loop._sqe()
+        if niov == 1:
+            if zc:
+                io_uring_prep_send_zc(sqe, self._fd, _entry_ptr(first) + offset, total,
+                                      SEND_FLAGS, 0)
+                if loop._zc_report_usage:
+                    sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
+            else:
+                io_uring_prep_send(sqe, self._fd, _entry_ptr(first) + offset, total, SEND_FLAGS)
+        else:
+            op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
+            if op.iov == NULL:
+                raise MemoryError()
+            for i in range(niov):
+                entry = op.entries[i]
+                op.iov[i].iov_base = _entry_ptr(entry)
+                op.iov[i].iov_len = _entry_len(entry)
+            op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
+            op.iov[0].iov_len -= offset
+            op.niov = niov
+            memset(&op.msg, 0, sizeof(msghdr))
+            op.msg.msg_iov = op.iov
+            op.msg.msg_iovlen = niov
+            io_uring_prep_sendmsg(sqe, self._fd, &op.msg, SEND_FLAGS)
+        op.ud = loop._track(op)
+        io_uring_sqe_set_data64(sqe, op.ud)
+        # The request now owns these entries; they leave the queue.
+        for i in range(len(op.entries)):
+            entry = op.entries[i]
+            if type(entry) is _Pinned:
+                (<_Pinned>entry).refs += 1
+        if zc and total < _entry_len(first) - offset:
+            self._queue_offset += total       # more of this entry follows
+        else:
+            for i in range(len(op.entries)):
+                queue.popleft()
+            self._queue_offset = 0
+            op.popped = True
+        self._queue_bytes -= total
+        self._inflight_bytes = total
+        self._send_op = op
+        self._st_sends += 1
+        if zc:
+            self._zc_pinned += total
+
+    cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags):
+        cdef RingLoop loop = self._loop
+        cdef Py_ssize_t done, pos, length, i
+        if op is self._send_op:
+            self._send_op = None
+            self._inflight_bytes = 0
+        if not (flags & IORING_CQE_F_MORE):
+            self._release_op(op)
+        if res == -ECANCELED or self._conn_lost:
+            self._after_drain()
+            return
+        if res < 0:
+            if op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or res == -EINVAL):
+                # Zero-copy refused (no SOCK_SUPPORT_ZC, memlock, an unknown
+                # flag on an old kernel): nothing was sent, go again by copy.
+                if res == -EINVAL and loop._zc_report_usage:
+                    loop._zc_report_usage = False
+                else:
+                    if res == -ENOMEM:
+                        loop._zc_budget //= 2
+                    self._demote()
+                self._requeue(op, 0)
+                self._flush()
+                return
+            exc = _send_error(res)
+            self._fatal_error(exc, 'Fatal write error on socket transport')
+            return
+        done = res
+        if op.zc:
+            self._st_zc_bytes += done
+        else:
+            self._st_copy_bytes += done
+        if done < op.nbytes:
+            self._requeue(op, done)
+        # Resolve `sent` for write_zc buffers whose last byte is now out.
+        pos = 0
+        for i in range(len(op.entries)):
+            entry = op.entries[i]
+            length = _entry_len(entry) - (op.offset if i == 0 else 0)
+            covered = min(length, op.nbytes - pos)
+            if covered < length or pos + covered > done:
+                break
+            pos += covered
+            if type(entry) is _Pinned:
+                (<_Pinned>entry).handle._set_sent(None)
+                (<_Pinned>entry)._unref()       # drops the queue's hold
+        self._after_drain()
+
+    cdef _requeue(self, _SendOp op, Py_ssize_t done):
+        """Put what the request did not send back at the head of the queue."""
+        cdef Py_ssize_t pos = 0, length, i
+        self._queue_bytes += op.nbytes - done
+        if not op.popped:
+            # A chunk of a zero-copy entry that is still at the queue's head.
+            self._queue_offset = op.offset + done
+            return
+        for i in range(len(op.entries)):
+            length = _entry_len(op.entries[i]) - (op.offset if i == 0 else 0)
+            if pos + length > done:
+                break
+            pos += length
+        for j in range(len(op.entries) - 1, i - 1, -1):
+            self._queue.appendleft(op.entries[j])
+        self._queue_offset = (op.offset if i == 0 else 0) + (done - pos)
+
+    cdef _after_drain(self):
+        if self._conn_lost:
+            return
+        if self._queue:
+            if not self._flush_queued:
+                self._flush_queued = True
+                self._loop._pending_flush.append(self)
+        else:
+            if self._eof:
+                self._shutdown_write()
+            if self._closing and self._send_op is None:
+                self._schedule_connection_lost(None)
+                return
+        self._maybe_resume_protocol()
+
+    cdef _on_send_notif(self, _SendOp op, int32_t res):
+        cdef Py_ssize_t i
+        cdef _Pinned pinned
+        copied = bool(<uint32_t>res & IORING_NOTIF_USAGE_ZC_COPIED)
+        if copied:
+            self._st_zc_copied += 1
+            if op.implicit_zc and self._zc_write:
+                self._demote()
+        for i in range(len(op.entries)):
+            entry = op.entries[i]
+            if type(entry) is _Pinned:
+                pinned = <_Pinned>entry
+                pinned.handle._went_zc = True
+                if copied:
+                    pinned.handle._copied = True
+                if not self._loop._zc_report_usage:
+                    pinned.handle._usage_known = False
+        self._release_op(op)
+
+    cdef _release_op(self, _SendOp op):
+        """The kernel is done with the request's memory (its final CQE)."""
+        cdef Py_ssize_t i
+        if op.zc:
+            self._zc_pinned -= op.nbytes
+            self._loop._zc_unreserve(op.nbytes)
+        for i in range(len(op.entries)):
+            entry = op.entries[i]
+            if type(entry) is _Pinned:
+                if not op.zc:
+                    (<_Pinned>entry).handle._copied = True
+                (<_Pinned>entry)._unref()
+
+    cdef _demote(self):
+        if self._zc_write:
+            self._zc_write = False
+            self._st_demotions += 1
+
+    cdef _drop_queue(self, object exc):
+        cdef _Pinned pinned
+        while self._queue:
+            entry = self._queue.popleft()
+            if type(entry) is _Pinned:
+                pinned = <_Pinned>entry
+                pinned.handle._copied = True
+                pinned.handle._set_sent(exc)
+                pinned._unref()
+        self._queue_bytes = 0
+        self._queue_offset = 0
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_recv()
+        if self._send_op is None and not self._queue:
+            self._schedule_connection_lost(None)
+
+    cdef _force_close(self, object exc):
+        if self._conn_lost:
+            return
+        self._drop_queue(_CANCELLED if exc is None else exc)
+        if self._send_op is not None:
+            if self._zc_pinned and self._sock is not None:
+                # RST instead of FIN so the peer's ACKs stop holding pinned
+                # zero-copy pages (zerocopy.md W13).
+                try:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          b'\x01\x00\x00\x00\x00\x00\x00\x00')
+                except OSError:
+                    pass
+            self._loop._cancel_op(self._send_op.ud)
+        self._closing = True
+        self._stop_recv()
+        self._schedule_connection_lost(exc)
+
+    def _call_connection_lost(self, exc):
+        # Fail what is still waiting for the kernel's first CQE.
+        if self._send_op is not None:
+            for entry in self._send_op.entries:
+                if type(entry) is _Pinned:
+                    (<_Pinned>entry).handle._set_sent(
+                        exc if exc is not None else ConnectionAbortedError('Transport aborted'))
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._close_socket()
+            self._protocol = None
+            server = self._server
+            if server is not None:
+                self._server = None
+                server._detach(self)
+
+    # ------------------------------------------------------------------
+    # Zero-copy tuning and statistics (zerocopy.md W15)
+
+    def get_extra_info(self, name, default=None):
+        if name == 'zcloop':
+            return self.zc_stats()
+        return self._extra.get(name, default)
+
+    def set_zc_threshold(self, Py_ssize_t nbytes):
+        """Smallest write() / write_zc() payload sent with SEND_ZC on this
+        transport (0 disables zero-copy here)."""
+        if nbytes < 0:
+            raise ValueError('threshold must be >= 0')
+        self._zc_threshold = nbytes
+
+    def get_zc_threshold(self):
+        return self._zc_threshold
+
+    def get_pinned_size(self):
+        """Bytes sent with SEND_ZC that the kernel still references."""
+        return self._zc_pinned
+
+    def zc_stats(self):
+        return {
+            'zc_capable': self._zc_capable,
+            'zc_write': self._zc_write,
+            'zc_threshold': self._zc_threshold,
+            'zc_bytes': self._st_zc_bytes,
+            'copy_bytes': self._st_copy_bytes,
+            'zc_copied': self._st_zc_copied,
+            'demotions': self._st_demotions,
+            'pinned_bytes': self._zc_pinned,
+            'sends': self._st_sends,
+        }
+
+
+cdef _send_error(int32_t res):
+    err = -res
+    if err == EPIPE:
+        return BrokenPipeError(err, os.strerror(err))
+    if err == ECONNRESET:
+        return ConnectionResetError(err, os.strerror(err))
+    if err == ECONNABORTED:
+        return ConnectionAbortedError(err, os.strerror(err))
+    return OSError(err, os.strerror(err))
+
+
+cdef _set_nodelay(sock):
+    if (sock.family in (socket.AF_INET, socket.AF_INET6) and
+            sock.type == socket.SOCK_STREAM and sock.proto == socket.IPPROTO_TCP):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+cdef bint _is_local_peer(object peer, object local):
+    if not isinstance(peer, tuple) or not peer:
+        return True
+    host = peer[0]
+    if isinstance(local, tuple) and local and local[0] == host:
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split('%', 1)[0])
+    except ValueError:
+        return False
+    if getattr(addr, 'ipv4_mapped', None) is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
