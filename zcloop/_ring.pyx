@@ -93,8 +93,10 @@ include "sockaddr.pyx"
 include "handles/transport.pyx"
 include "handles/stream.pyx"
 include "handles/server.pyx"
+include "handles/pipe.pyx"
 include "handles/sockops.pyx"
 include "api_streams.pyx"
+include "api_subprocess.pyx"
 include "errors.pyx"
 
 
@@ -1261,7 +1263,7 @@ cdef class RingLoop:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
 
-class Loop(RingLoop, _StreamsAPI, AbstractEventLoop):
+class Loop(RingLoop, _StreamsAPI, _PipesAPI, AbstractEventLoop):
     """asyncio event loop on Linux io_uring (see zcloop's README).
 
     Loop(*, disable_features=None): ``disable_features`` names ring features

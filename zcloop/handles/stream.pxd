@@ -62,6 +62,7 @@ cdef class StreamTransport(RingTransport):
         list _paused_data            # data that arrived while paused (None = EOF)
         bint _buffered               # protocol is a BufferedProtocol
         char *_rbuf                  # own receive buffer without a buffer ring
+        bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 
         bint _zc_capable             # TCP over IPv4/IPv6 and SEND_ZC supported
         bint _zc_write               # plain write() may use SEND_ZC

@@ -218,7 +218,9 @@ cdef class StreamTransport(RingTransport):
             self._recv_op.transport = self
         sqe = loop._sqe()
         if loop._ensure_buf_ring():
-            if loop._feature('recv_multishot'):
+            if self._is_pipe:
+                io_uring_prep_read(sqe, self._fd, NULL, loop._buf_size, NO_OFFSET)
+            elif loop._feature('recv_multishot'):
                 io_uring_prep_recv_multishot(sqe, self._fd, NULL, 0, 0)
             else:
                 io_uring_prep_recv(sqe, self._fd, NULL, loop._buf_size, 0)
@@ -229,7 +231,10 @@ cdef class StreamTransport(RingTransport):
                 self._rbuf = <char*>PyMem_Malloc(loop._buf_size)
                 if self._rbuf == NULL:
                     raise MemoryError()
-            io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
+            if self._is_pipe:
+                io_uring_prep_read(sqe, self._fd, self._rbuf, loop._buf_size, NO_OFFSET)
+            else:
+                io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
         self._recv_ud = loop._track(self._recv_op)
         self._recv_cancelled = False
         io_uring_sqe_set_data64(sqe, self._recv_ud)
@@ -490,7 +495,16 @@ cdef class StreamTransport(RingTransport):
             op.entries = entries
         op.nbytes = total
         sqe = loop._sqe()
-        if niov == 1:
+        if self._is_pipe:
+            if niov == 1:
+                io_uring_prep_write(sqe, self._fd, _entry_ptr(first) + offset, total, NO_OFFSET)
+            else:
+                op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
+                if op.iov == NULL:
+                    raise MemoryError()
+                _fill_iov(op, niov, offset)
+                io_uring_prep_writev(sqe, self._fd, op.iov, niov, NO_OFFSET)
+        elif niov == 1:
             if zc:
                 io_uring_prep_send_zc(sqe, self._fd, _entry_ptr(first) + offset, total,
                                       SEND_FLAGS, 0)
@@ -502,13 +516,7 @@ cdef class StreamTransport(RingTransport):
             op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
             if op.iov == NULL:
                 raise MemoryError()
-            for i in range(niov):
-                entry = op.entries[i]
-                op.iov[i].iov_base = _entry_ptr(entry)
-                op.iov[i].iov_len = _entry_len(entry)
-            op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
-            op.iov[0].iov_len -= offset
-            op.niov = niov
+            _fill_iov(op, niov, offset)
             memset(&op.msg, 0, sizeof(msghdr))
             op.msg.msg_iov = op.iov
             op.msg.msg_iovlen = niov
@@ -744,6 +752,20 @@ cdef class StreamTransport(RingTransport):
             'pinned_bytes': self._zc_pinned,
             'sends': self._st_sends,
         }
+
+
+cdef uint64_t NO_OFFSET = <uint64_t>-1      # read/write at the file position (pipes)
+
+
+cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):
+    cdef int i
+    for i in range(niov):
+        entry = op.entries[i]
+        op.iov[i].iov_base = _entry_ptr(entry)
+        op.iov[i].iov_len = _entry_len(entry)
+    op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
+    op.iov[0].iov_len -= offset
+    op.niov = niov
 
 
 cdef _send_error(int32_t res):
