@@ -24,8 +24,10 @@ import collections
 import collections.abc
 import concurrent.futures
 import errno as errno_mod
+import fcntl
 import functools
 import heapq
+import io
 import ipaddress
 import itertools
 import logging
@@ -46,6 +48,7 @@ from asyncio import tasks as aio_tasks
 from asyncio import AbstractEventLoop
 from asyncio import constants as aio_constants
 from asyncio import exceptions as aio_exceptions
+from asyncio import protocols as aio_protocols
 from asyncio import sslproto as aio_sslproto
 from asyncio import staggered as aio_staggered
 from asyncio.base_events import _ipaddr_info
@@ -74,6 +77,7 @@ cdef unsigned CQ_ENTRIES = 4096
 # The loop-wide provided-buffer ring for multishot receives (R1).
 cdef int ZC_BGID = 0
 
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
 
@@ -97,6 +101,7 @@ include "handles/pipe.pyx"
 include "handles/sockops.pyx"
 include "api_streams.pyx"
 include "api_subprocess.pyx"
+include "api_sendfile.pyx"
 include "errors.pyx"
 
 
@@ -1263,7 +1268,7 @@ cdef class RingLoop:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
 
-class Loop(RingLoop, _StreamsAPI, _PipesAPI, AbstractEventLoop):
+class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, AbstractEventLoop):
     """asyncio event loop on Linux io_uring (see zcloop's README).
 
     Loop(*, disable_features=None): ``disable_features`` names ring features

@@ -69,6 +69,7 @@ cdef class StreamTransport(RingTransport):
         Py_ssize_t _zc_threshold
         Py_ssize_t _zc_pinned
         object _waiter
+        object _empty_waiter         # sendfile(): resolves when nothing is queued
 
         # statistics (zerocopy.md W15)
         Py_ssize_t _st_zc_bytes

@@ -361,6 +361,8 @@ cdef class StreamTransport(RingTransport):
             data = bytes(data)
         if self._eof:
             raise RuntimeError('Cannot call write() after write_eof()')
+        if self._empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
         n = PyBytes_GET_SIZE(data)
         if n == 0:
             return
@@ -390,6 +392,8 @@ cdef class StreamTransport(RingTransport):
                             f'not {type(data).__name__!r}')
         if self._eof:
             raise RuntimeError('Cannot call write_zc() after write_eof()')
+        if self._empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
         pinned = _Pinned()
         try:
             PyObject_GetBuffer(data, &pinned.view, PyBUF_C_CONTIGUOUS)
@@ -615,6 +619,9 @@ cdef class StreamTransport(RingTransport):
                 self._flush_queued = True
                 self._loop._pending_flush.append(self)
         else:
+            if self._empty_waiter is not None and self._send_op is None and \
+                    not self._empty_waiter.done():
+                self._empty_waiter.set_result(None)
             if self._eof:
                 self._shutdown_write()
             if self._closing and self._send_op is None:
@@ -671,6 +678,17 @@ cdef class StreamTransport(RingTransport):
         self._queue_bytes = 0
         self._queue_offset = 0
 
+    def _make_empty_waiter(self):
+        if self._empty_waiter is not None:
+            raise RuntimeError('Empty waiter is already set')
+        self._empty_waiter = self._loop.create_future()
+        if self._send_op is None and not self._queue:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+
     # ------------------------------------------------------------------
     # Closing
 
@@ -685,6 +703,8 @@ cdef class StreamTransport(RingTransport):
     cdef _force_close(self, object exc):
         if self._conn_lost:
             return
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
         self._drop_queue(_CANCELLED if exc is None else exc)
         if self._send_op is not None:
             if self._zc_pinned and self._sock is not None:
