@@ -323,7 +323,8 @@ def test_many_cancelled_timers_cleanup(loop):
     handles = [loop.call_later(10 + i * 0.001, seen.append, i) for i in range(1000)]
     for h in handles[:900]:
         h.cancel()
-    keep = [loop.call_later(0.001 * (i % 5), seen.append, ("live", i)) for i in range(20)]
+    for i in range(20):
+        loop.call_later(0.001 * (i % 5), seen.append, ("live", i))
     loop.call_later(0.02, loop.stop)
     loop.run_forever()
     assert sorted(seen, key=lambda x: x[1]) == [("live", i) for i in range(20)]
@@ -332,7 +333,6 @@ def test_many_cancelled_timers_cleanup(loop):
         assert len(loop._scheduled) <= 110
     for h in handles[900:]:
         h.cancel()
-    assert all(not h.cancelled() or True for h in keep)
 
 
 def test_cancel_timers_head_of_heap(loop):
