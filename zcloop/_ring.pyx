@@ -307,8 +307,9 @@ cdef class RingLoop:
             self._slot_op[i] = NULL
             self._slot_gen[i] = 0
         # Hand out low slots first.
-        for i in range(new - 1, old - 1, -1):
-            self._slot_free[self._slot_nfree] = i
+        # (i counts down from new to old + 1: "old - 1" would wrap at 0.)
+        for i in range(new, old, -1):
+            self._slot_free[self._slot_nfree] = i - 1
             self._slot_nfree += 1
         self._slot_cap = new
 
