@@ -622,7 +622,7 @@ cdef class RingLoop:
             flush = self._pending_flush
             self._pending_flush = []
             for transport in flush:
-                (<StreamTransport>transport)._flush()
+                (<RingTransport>transport)._flush()
 
     cdef _check_closed(self):
         if self._closed:
