@@ -18,6 +18,7 @@ include "handles/stream.pxd"
 include "handles/server.pxd"
 include "handles/pipe.pxd"
 include "handles/sockops.pxd"
+include "handles/pollwait.pxd"
 
 
 cdef class RingLoop:
