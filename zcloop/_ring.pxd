@@ -19,6 +19,7 @@ include "handles/server.pxd"
 include "handles/pipe.pxd"
 include "handles/sockops.pxd"
 include "handles/pollwait.pxd"
+include "handles/udp.pxd"
 
 
 cdef class RingLoop:

@@ -100,9 +100,11 @@ include "handles/server.pyx"
 include "handles/pipe.pyx"
 include "handles/sockops.pyx"
 include "handles/pollwait.pyx"
+include "handles/udp.pyx"
 include "api_streams.pyx"
 include "api_subprocess.pyx"
 include "api_sendfile.pyx"
+include "api_datagram.pyx"
 include "errors.pyx"
 
 
@@ -1270,7 +1272,7 @@ cdef class RingLoop:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
 
-class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, AbstractEventLoop):
+class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, _DatagramAPI, AbstractEventLoop):
     """asyncio event loop on Linux io_uring (see zcloop's README).
 
     Loop(*, disable_features=None): ``disable_features`` names ring features
