@@ -308,3 +308,78 @@ def no_resource_warnings():
 
 IS_312 = sys.version_info >= (3, 12)
 IS_313 = sys.version_info >= (3, 13)
+
+
+async def raw_peer(loop, protocol_factory=Recorder, host='127.0.0.1'):
+    """Connect a loop transport to a plain blocking socket.
+
+    Returns (transport, protocol, raw_socket); the caller closes raw_socket.
+    """
+    srv = tcp_listener(host)
+    try:
+        fut = loop.run_in_executor(None, srv.accept)
+        tr, pr = await loop.create_connection(protocol_factory, host, srv.getsockname()[1])
+        conn, _ = await fut
+    finally:
+        srv.close()
+    return tr, pr, conn
+
+
+async def unix_raw_peer(loop, path, protocol_factory=Recorder):
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen()
+    try:
+        fut = loop.run_in_executor(None, srv.accept)
+        tr, pr = await loop.create_unix_connection(protocol_factory, path)
+        conn, _ = await fut
+    finally:
+        srv.close()
+        os.unlink(path)
+    return tr, pr, conn
+
+
+async def loop_pair(loop, server_factory=Recorder, client_factory=Recorder):
+    """Server and client transports of one connection, both on ``loop``.
+
+    Returns (server_protocol, client_transport, client_protocol, server)."""
+    accepted = loop.create_future()
+
+    def factory():
+        p = server_factory()
+        if not accepted.done():
+            accepted.set_result(p)
+        return p
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+    tr, pr = await loop.create_connection(client_factory, '127.0.0.1', port)
+    sp = await accepted
+    return sp, tr, pr, server
+
+
+class Hasher(asyncio.Protocol):
+    """Hashes everything received; ``done`` resolves at EOF with
+    (nbytes, sha256 hex)."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.h = hashlib.sha256()
+        self.n = 0
+        self.done = self.loop.create_future()
+        self.lost = self.loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.h.update(data)
+        self.n += len(data)
+
+    def eof_received(self):
+        if not self.done.done():
+            self.done.set_result((self.n, self.h.hexdigest()))
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result((self.n, self.h.hexdigest()))
+        self.lost.set_result(exc)
