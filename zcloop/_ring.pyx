@@ -221,7 +221,9 @@ cdef class RingLoop:
 
     cdef _enable_ring(self):
         cdef int ret
-        cdef long thread_id = <long>PyThread_get_thread_ident()
+        # The kernel thread id: pthread idents are reused as soon as a thread
+        # is joined, so a new thread could pass for the ring's issuer.
+        cdef long thread_id = threading.get_native_id()
         if self._ring_enabled:
             if (self._setup_flags & IORING_SETUP_SINGLE_ISSUER and
                     thread_id != self._ring_thread):
@@ -384,7 +386,13 @@ cdef class RingLoop:
         forked = getpid() != self._owner_pid
         # A ring never enabled has had nothing submitted: its ops are free.
         idle = not self._ring_enabled
-        if not forked and not idle:
+        # close() from a thread other than a SINGLE_ISSUER ring's issuer
+        # (loop run in a worker thread, closed by the main thread): it can
+        # neither submit the cancel nor reap, so closing the ring fd is what
+        # cancels everything.
+        foreign = (not idle and (self._setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0 and
+                   <long>threading.get_native_id() != self._ring_thread)
+        if not forked and not idle and not foreign:
             # Cancel everything, then wait for final CQEs so no buffer the
             # kernel still references is freed.  Zero-copy notifications
             # wait for the peer's ACK, hence the longer deadline when any
@@ -407,7 +415,11 @@ cdef class RingLoop:
                 if not idle:
                     # Keep the slot's reference forever.
                     _quarantine.append(op)
-                    leaked += 1
+                    # The loop's own eventfd/signal reads fill buffers inside
+                    # the loop and get no data once it is closed: not a leak
+                    # worth a warning.
+                    if not isinstance(op, (_WakeupRead, _SignalRead)):
+                        leaked += 1
                 Py_DECREF(op)
         self._slot_nfree = 0
         for i in range(self._slot_cap):
@@ -552,6 +564,9 @@ cdef class RingLoop:
         if aio_events._get_running_loop() is not None:
             raise RuntimeError(
                 'Cannot run the event loop while another loop is running')
+        # Refuse a thread that can't drive the ring before
+        # run_until_complete() wraps its coroutine in a task.
+        self._enable_ring()
 
     def run_forever(self):
         """Run the event loop until stop() is called."""
