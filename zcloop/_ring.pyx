@@ -709,10 +709,7 @@ cdef class RingLoop:
         if self._debug:
             self._check_thread()
             _check_callback(callback, 'call_soon')
-        handle = self._call_soon(callback, args if args else None, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
-        return handle
+        return self._call_soon(callback, args if args else None, context)
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         """Like call_soon(), but thread-safe: wakes the loop's ring."""
@@ -720,8 +717,6 @@ cdef class RingLoop:
         if self._debug:
             _check_callback(callback, 'call_soon_threadsafe')
         handle = self._call_soon(callback, args if args else None, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
         self._wakeup()
         return handle
 
@@ -729,10 +724,7 @@ cdef class RingLoop:
         """Arrange for a callback to be called at a given time."""
         if delay is None:
             raise TypeError('delay must not be None')
-        timer = self.call_at(self._time() + delay, callback, *args, context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        return timer
+        return self.call_at(self._time() + delay, callback, *args, context=context)
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (loop.time())."""
@@ -747,7 +739,6 @@ cdef class RingLoop:
         cdef TimerHandle timer = new_timer(self, when, callback, args if args else None, context)
         if self._debug:
             timer._set_source_traceback()
-            del timer._source_traceback[-1]
         heapq.heappush(self._scheduled, timer)
         timer._scheduled = True
         return timer
@@ -789,9 +780,9 @@ cdef class RingLoop:
         if context is not None:
             kwargs['context'] = context
         if self._task_factory is None:
+            # No "del task._source_traceback[-1]" as in asyncio: this method
+            # has no frame, the last one is already the caller's.
             task = aio_tasks.Task(coro, loop=self, name=name, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
         else:
             task = self._task_factory(self, coro, **kwargs)
             if name is not None:
