@@ -1012,6 +1012,10 @@ cdef class RingLoop:
         self._check_closed()
         fd = _fileobj_to_fd(fd)
         self._ensure_fd_no_transport(fd)
+        if fd not in self._fd_watchers:
+            # Fail now on an fd that isn't open, as epoll_ctl() does in
+            # asyncio; the POLL_ADD would only report EBADF later.
+            os.fstat(fd)
         cdef Handle handle = new_handle(self, callback, args if args else None, None)
         handle._context = PyContext_CopyCurrent()
         watcher = self._fd_watcher(fd)
