@@ -150,7 +150,9 @@ cdef class RingLoop:
             self._slot_op = NULL
 
     def __del__(self):
-        if not self._closed and self._ready is not None:
+        # No ring: __init__ failed (io_uring unavailable, bad arguments), so
+        # there is no loop the user could have closed.
+        if not self._closed and self._ready is not None and self._ring_ready:
             warnings.warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()
