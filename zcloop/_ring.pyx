@@ -449,6 +449,8 @@ cdef class RingLoop:
             # are outstanding.
             try:
                 self._drain_ring(self._time() + self._close_drain_timeout())
+                if self._slot_nfree < self._slot_cap and self._reset_pinned_transports():
+                    self._drain_ring(self._time() + 0.25)
             except BaseException:
                 pass
         leaked = 0
@@ -484,6 +486,29 @@ cdef class RingLoop:
             munmap(<void*>self._buf_ring, self._buf_map_len)
             self._buf_ring = NULL
             self._buf_base = NULL
+
+    def _reset_pinned_transports(self):
+        # Zero-copy pages sent to a peer that does not read are released
+        # only when the connection goes: reset the connections of transports
+        # still holding them (SO_LINGER 0 + close, as abort() does) so the
+        # notifications arrive and the fds are not kept forever by
+        # quarantined requests.
+        cdef StreamTransport transport
+        n = 0
+        for obj in list(self._transports.values()):
+            if not isinstance(obj, StreamTransport):
+                continue
+            transport = <StreamTransport>obj
+            if transport._zc_pinned and transport._sock is not None:
+                try:
+                    transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b'\x01\x00\x00\x00\x00\x00\x00\x00')
+                except OSError:
+                    pass
+                transport._closing = True
+                transport._close_socket()
+                n += 1
+        return n
 
     def _close_drain_timeout(self):
         return 1.0 if self._zc_pinned_total else 0.25
@@ -654,6 +679,10 @@ cdef class RingLoop:
                 "than the current one")
 
     def _check_running(self):
+        if getpid() != self._owner_pid:
+            # The ring (and its in-flight requests) belong to the parent.
+            raise RuntimeError('this zcloop loop was created in another process '
+                               '(before fork()); create a new loop in the child')
         if self.is_running():
             raise RuntimeError('This event loop is already running')
         if aio_events._get_running_loop() is not None:

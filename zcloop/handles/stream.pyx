@@ -561,6 +561,8 @@ cdef class StreamTransport(RingTransport):
         if not (flags & IORING_CQE_F_MORE):
             self._release_op(op)
         if res == -ECANCELED or self._conn_lost:
+            _settle_popped(op, res if res > 0 else 0,
+                           ConnectionAbortedError('Transport aborted'))
             self._after_drain()
             return
         if res < 0:
@@ -577,6 +579,7 @@ cdef class StreamTransport(RingTransport):
                 self._flush()
                 return
             exc = _send_error(res)
+            _settle_popped(op, 0, exc)
             self._fatal_error(exc, 'Fatal write error on socket transport')
             return
         done = res
@@ -792,6 +795,23 @@ cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):
     op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
     op.iov[0].iov_len -= offset
     op.niov = niov
+
+
+cdef _settle_popped(_SendOp op, Py_ssize_t done, object exc):
+    # The request ended without being re-queued (abort, send error): the
+    # write_zc() buffers it took off the queue get `sent` resolved (done or
+    # failed with exc) and the queue's hold dropped, so `released` resolves
+    # at the request's final CQE.  A zero-copy chunk not popped is still at
+    # the head of the queue (_drop_queue's business).
+    cdef Py_ssize_t pos = 0, i
+    if not op.popped:
+        return
+    for i in range(len(op.entries)):
+        entry = op.entries[i]
+        pos += _entry_len(entry) - (op.offset if i == 0 else 0)
+        if type(entry) is _Pinned:
+            (<_Pinned>entry).handle._set_sent(None if pos <= done else exc)
+            (<_Pinned>entry)._unref()
 
 
 cdef _send_error(int32_t res):
