@@ -85,6 +85,7 @@ cdef class StreamTransport(RingTransport):
     cdef _on_send_notif(self, _SendOp op, int32_t res)
     cdef _release_op(self, _SendOp op)
     cdef _requeue(self, _SendOp op, Py_ssize_t done)
+    cdef _settle_lost_op(self, _SendOp op, int32_t res)
     cdef _after_drain(self)
     cdef _drop_queue(self, object exc)
     cdef _start_reading(self)

@@ -549,6 +549,7 @@ cdef class StreamTransport(RingTransport):
         if not (flags & IORING_CQE_F_MORE):
             self._release_op(op)
         if res == -ECANCELED or self._conn_lost:
+            self._settle_lost_op(op, res)
             self._after_drain()
             return
         if res < 0:
@@ -565,6 +566,7 @@ cdef class StreamTransport(RingTransport):
                 self._flush()
                 return
             exc = _send_error(res)
+            self._settle_lost_op(op, res)
             self._fatal_error(exc, 'Fatal write error on socket transport')
             return
         done = res
@@ -587,6 +589,24 @@ cdef class StreamTransport(RingTransport):
                 (<_Pinned>entry).handle._set_sent(None)
                 (<_Pinned>entry)._unref()       # drops the queue's hold
         self._after_drain()
+
+    cdef _settle_lost_op(self, _SendOp op, int32_t res):
+        """The request ended with the connection (error, cancel, abort): its
+        write_zc buffers left the queue with it, so resolve their `sent` and
+        drop the queue's hold on them here (nobody else will)."""
+        cdef Py_ssize_t pos = 0, i
+        if not op.popped:
+            return      # still at the queue's head: _drop_queue() settles it
+        if res < 0 and res != -ECANCELED:
+            exc = _send_error(res)
+        else:
+            exc = ConnectionAbortedError('Transport aborted')
+        for i in range(len(op.entries)):
+            entry = op.entries[i]
+            pos += _entry_len(entry) - (op.offset if i == 0 else 0)
+            if type(entry) is _Pinned:
+                (<_Pinned>entry).handle._set_sent(None if 0 <= pos <= res else exc)
+                (<_Pinned>entry)._unref()
 
     cdef _requeue(self, _SendOp op, Py_ssize_t done):
         """Put what the request did not send back at the head of the queue."""
