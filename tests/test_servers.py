@@ -771,3 +771,24 @@ def test_no_resource_warning_for_closed_transports(loop_factory):
         await srv.wait_closed()
     with no_resource_warnings():
         run(loop_factory, main)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'zcloop core (cbhandles.pyx Handle._set_source_traceback): in debug mode '
+    'sys._getframe(1) raises "call stack is not deep enough" when a CQE '
+    'callback schedules a handle while run_until_complete() is called from '
+    'module level'))
+def test_debug_mode_connect_from_module_level():
+    script = (
+        'import asyncio, socket, zcloop\n'
+        'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()\n'
+        'loop = zcloop.Loop(); loop.set_debug(True)\n'
+        'tr, pr = loop.run_until_complete(\n'
+        '    loop.create_connection(asyncio.Protocol, *srv.getsockname()))\n'
+        'tr.close(); loop.run_until_complete(asyncio.sleep(0.01)); loop.close()\n'
+        'srv.close(); print("ok")\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stderr[-2000:]
