@@ -700,7 +700,7 @@ cdef class StreamTransport(RingTransport):
         if self._send_op is None and not self._queue:
             self._schedule_connection_lost(None)
 
-    cdef _force_close(self, object exc):
+    cpdef _force_close(self, object exc):
         if self._conn_lost:
             return
         self._drop_queue(_CANCELLED if exc is None else exc)
