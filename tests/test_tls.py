@@ -423,3 +423,24 @@ def test_aiohttp_https(loop_factory, certs):
         finally:
             await runner.cleanup()
     run(loop_factory, main, timeout=60, allow_errors=True)
+
+
+def test_connect_accepted_socket_tls(loop_factory, certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = tcp_listener()
+        port = lsock.getsockname()[1]
+        client = asyncio.create_task(loop.create_connection(
+            Recorder, '127.0.0.1', port, ssl=certs['client'], server_hostname='localhost'))
+        conn = await loop.run_in_executor(None, lambda: lsock.accept()[0])
+        lsock.close()
+        str_, spr = await loop.connect_accepted_socket(
+            lambda: Recorder(echo=True), conn, ssl=certs['server'], ssl_handshake_timeout=10)
+        tr, pr = await client
+        assert str_.get_extra_info('ssl_object').server_side
+        tr.write(b'over tls')
+        assert await pr.wait_bytes(8) == b'over tls'
+        tr.close()
+        await pr.lost
+        await spr.lost
+    run(loop_factory, main)
