@@ -773,12 +773,10 @@ def test_no_resource_warning_for_closed_transports(loop_factory):
         run(loop_factory, main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'zcloop core (cbhandles.pyx Handle._set_source_traceback): in debug mode '
-    'sys._getframe(1) raises "call stack is not deep enough" when a CQE '
-    'callback schedules a handle while run_until_complete() is called from '
-    'module level'))
 def test_debug_mode_connect_from_module_level():
+    """Debug mode records source tracebacks; a CQE callback scheduling a
+    handle with run_until_complete() called from module level has a
+    one-frame stack (sys._getframe(1) used to raise there)."""
     script = (
         'import asyncio, socket, zcloop\n'
         'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()\n'

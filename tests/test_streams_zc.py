@@ -414,12 +414,15 @@ def test_loop_close_with_notifications_outstanding(close_transport):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert 'closed' in out and 'done' in out, out
-    # Either the pages were released during close()'s drain, or the buffer
-    # stays pinned (quarantined) forever; never a freed-but-referenced buffer.
-    if 'closed True' in out:
-        assert 'resizable' in out, out
-    else:
-        assert 'pinned' in out, out
+    # Either every request completed during close()'s drain (the buffer is
+    # free again), or a request is quarantined with one warning and the
+    # buffer stays pinned forever; never a freed-but-referenced buffer.
+    quarantined = 'still in flight at loop close' in out
+    assert ('pinned' if quarantined else 'resizable') in out, out
+    if not close_transport:
+        # Still-open transports holding pinned pages are reset by close(),
+        # so their notifications arrive before the ring goes.
+        assert not quarantined, out
     assert 'Segmentation' not in out and 'Fatal Python error' not in out
     assert out.count('still in flight at loop close') <= 1
 

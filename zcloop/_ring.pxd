@@ -8,6 +8,7 @@ from .includes.liburing cimport (
     sockaddr)
 
 cdef class RingLoop
+cdef class WritePipeTransport
 
 include "cbhandles.pxd"
 include "ops.pxd"
@@ -15,7 +16,10 @@ include "sockaddr.pxd"
 include "handles/transport.pxd"
 include "handles/stream.pxd"
 include "handles/server.pxd"
+include "handles/pipe.pxd"
 include "handles/sockops.pxd"
+include "handles/pollwait.pxd"
+include "handles/udp.pxd"
 
 
 cdef class RingLoop:

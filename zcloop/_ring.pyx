@@ -24,8 +24,10 @@ import collections
 import collections.abc
 import concurrent.futures
 import errno as errno_mod
+import fcntl
 import functools
 import heapq
+import io
 import ipaddress
 import itertools
 import logging
@@ -46,6 +48,7 @@ from asyncio import tasks as aio_tasks
 from asyncio import AbstractEventLoop
 from asyncio import constants as aio_constants
 from asyncio import exceptions as aio_exceptions
+from asyncio import protocols as aio_protocols
 from asyncio import sslproto as aio_sslproto
 from asyncio import staggered as aio_staggered
 from asyncio.base_events import _ipaddr_info
@@ -74,6 +77,7 @@ cdef unsigned CQ_ENTRIES = 4096
 # The loop-wide provided-buffer ring for multishot receives (R1).
 cdef int ZC_BGID = 0
 
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
 
@@ -93,8 +97,14 @@ include "sockaddr.pyx"
 include "handles/transport.pyx"
 include "handles/stream.pyx"
 include "handles/server.pyx"
+include "handles/pipe.pyx"
 include "handles/sockops.pyx"
+include "handles/pollwait.pyx"
+include "handles/udp.pyx"
 include "api_streams.pyx"
+include "api_subprocess.pyx"
+include "api_sendfile.pyx"
+include "api_datagram.pyx"
 include "errors.pyx"
 
 
@@ -188,7 +198,9 @@ cdef class RingLoop:
             self._slot_op = NULL
 
     def __del__(self):
-        if not self._closed and self._ready is not None:
+        # No ring: __init__ failed (io_uring unavailable, bad arguments), so
+        # there is no loop the user could have closed.
+        if not self._closed and self._ready is not None and self._ring_ready:
             warnings.warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()
@@ -259,7 +271,9 @@ cdef class RingLoop:
 
     cdef _enable_ring(self):
         cdef int ret
-        cdef long thread_id = <long>PyThread_get_thread_ident()
+        # The kernel thread id: pthread idents are reused as soon as a thread
+        # is joined, so a new thread could pass for the ring's issuer.
+        cdef long thread_id = threading.get_native_id()
         if self._ring_enabled:
             if (self._setup_flags & IORING_SETUP_SINGLE_ISSUER and
                     thread_id != self._ring_thread):
@@ -300,8 +314,9 @@ cdef class RingLoop:
             self._slot_op[i] = NULL
             self._slot_gen[i] = 0
         # Hand out low slots first.
-        for i in range(new - 1, old - 1, -1):
-            self._slot_free[self._slot_nfree] = i
+        # (i counts down from new to old + 1: "old - 1" would wrap at 0.)
+        for i in range(new, old, -1):
+            self._slot_free[self._slot_nfree] = i - 1
             self._slot_nfree += 1
         self._slot_cap = new
 
@@ -421,13 +436,21 @@ cdef class RingLoop:
         forked = getpid() != self._owner_pid
         # A ring never enabled has had nothing submitted: its ops are free.
         idle = not self._ring_enabled
-        if not forked and not idle:
+        # close() from a thread other than a SINGLE_ISSUER ring's issuer
+        # (loop run in a worker thread, closed by the main thread): it can
+        # neither submit the cancel nor reap, so closing the ring fd is what
+        # cancels everything.
+        foreign = (not idle and (self._setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0 and
+                   <long>threading.get_native_id() != self._ring_thread)
+        if not forked and not idle and not foreign:
             # Cancel everything, then wait for final CQEs so no buffer the
             # kernel still references is freed.  Zero-copy notifications
             # wait for the peer's ACK, hence the longer deadline when any
             # are outstanding.
             try:
                 self._drain_ring(self._time() + self._close_drain_timeout())
+                if self._slot_nfree < self._slot_cap and self._reset_pinned_transports():
+                    self._drain_ring(self._time() + 0.25)
             except BaseException:
                 pass
         leaked = 0
@@ -444,7 +467,11 @@ cdef class RingLoop:
                 if not idle:
                     # Keep the slot's reference forever.
                     _quarantine.append(op)
-                    leaked += 1
+                    # The loop's own eventfd/signal reads fill buffers inside
+                    # the loop and get no data once it is closed: not a leak
+                    # worth a warning.
+                    if not isinstance(op, (_WakeupRead, _SignalRead)):
+                        leaked += 1
                 Py_DECREF(op)
         self._slot_nfree = 0
         for i in range(self._slot_cap):
@@ -459,6 +486,29 @@ cdef class RingLoop:
             munmap(<void*>self._buf_ring, self._buf_map_len)
             self._buf_ring = NULL
             self._buf_base = NULL
+
+    def _reset_pinned_transports(self):
+        # Zero-copy pages sent to a peer that does not read are released
+        # only when the connection goes: reset the connections of transports
+        # still holding them (SO_LINGER 0 + close, as abort() does) so the
+        # notifications arrive and the fds are not kept forever by
+        # quarantined requests.
+        cdef StreamTransport transport
+        n = 0
+        for obj in list(self._transports.values()):
+            if not isinstance(obj, StreamTransport):
+                continue
+            transport = <StreamTransport>obj
+            if transport._zc_pinned and transport._sock is not None:
+                try:
+                    transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b'\x01\x00\x00\x00\x00\x00\x00\x00')
+                except OSError:
+                    pass
+                transport._closing = True
+                transport._close_socket()
+                n += 1
+        return n
 
     def _close_drain_timeout(self):
         return 1.0 if self._zc_pinned_total else 0.25
@@ -614,7 +664,7 @@ cdef class RingLoop:
             flush = self._pending_flush
             self._pending_flush = []
             for transport in flush:
-                (<StreamTransport>transport)._flush()
+                (<RingTransport>transport)._flush()
 
     cdef _check_closed(self):
         if self._closed:
@@ -629,11 +679,18 @@ cdef class RingLoop:
                 "than the current one")
 
     def _check_running(self):
+        if getpid() != self._owner_pid:
+            # The ring (and its in-flight requests) belong to the parent.
+            raise RuntimeError('this zcloop loop was created in another process '
+                               '(before fork()); create a new loop in the child')
         if self.is_running():
             raise RuntimeError('This event loop is already running')
         if aio_events._get_running_loop() is not None:
             raise RuntimeError(
                 'Cannot run the event loop while another loop is running')
+        # Refuse a thread that can't drive the ring before
+        # run_until_complete() wraps its coroutine in a task.
+        self._enable_ring()
 
     def run_forever(self):
         """Run the event loop until stop() is called."""
@@ -776,10 +833,7 @@ cdef class RingLoop:
         if self._debug:
             self._check_thread()
             _check_callback(callback, 'call_soon')
-        handle = self._call_soon(callback, args if args else None, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
-        return handle
+        return self._call_soon(callback, args if args else None, context)
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         """Like call_soon(), but thread-safe: wakes the loop's ring."""
@@ -787,8 +841,6 @@ cdef class RingLoop:
         if self._debug:
             _check_callback(callback, 'call_soon_threadsafe')
         handle = self._call_soon(callback, args if args else None, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
         self._wakeup()
         return handle
 
@@ -796,10 +848,7 @@ cdef class RingLoop:
         """Arrange for a callback to be called at a given time."""
         if delay is None:
             raise TypeError('delay must not be None')
-        timer = self.call_at(self._time() + delay, callback, *args, context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        return timer
+        return self.call_at(self._time() + delay, callback, *args, context=context)
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (loop.time())."""
@@ -814,7 +863,6 @@ cdef class RingLoop:
         cdef TimerHandle timer = new_timer(self, when, callback, args if args else None, context)
         if self._debug:
             timer._set_source_traceback()
-            del timer._source_traceback[-1]
         heapq.heappush(self._scheduled, timer)
         timer._scheduled = True
         return timer
@@ -856,9 +904,9 @@ cdef class RingLoop:
         if context is not None:
             kwargs['context'] = context
         if self._task_factory is None:
+            # No "del task._source_traceback[-1]" as in asyncio: this method
+            # has no frame, the last one is already the caller's.
             task = aio_tasks.Task(coro, loop=self, name=name, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
         else:
             task = self._task_factory(self, coro, **kwargs)
             if name is not None:
@@ -1088,6 +1136,10 @@ cdef class RingLoop:
         self._check_closed()
         fd = _fileobj_to_fd(fd)
         self._ensure_fd_no_transport(fd)
+        if fd not in self._fd_watchers:
+            # Fail now on an fd that isn't open, as epoll_ctl() does in
+            # asyncio; the POLL_ADD would only report EBADF later.
+            os.fstat(fd)
         cdef Handle handle = new_handle(self, callback, args if args else None, None)
         handle._context = PyContext_CopyCurrent()
         watcher = self._fd_watcher(fd)
@@ -1261,7 +1313,7 @@ cdef class RingLoop:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
 
-class Loop(RingLoop, _StreamsAPI, AbstractEventLoop):
+class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, _DatagramAPI, AbstractEventLoop):
     """asyncio event loop on Linux io_uring (see zcloop's README).
 
     Loop(*, disable_features=None): ``disable_features`` names ring features

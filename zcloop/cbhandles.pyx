@@ -10,7 +10,13 @@ cdef class Handle:
 
     cdef _set_source_traceback(self):
         if self._loop is not None and self._loop._debug:
-            self._source_traceback = extract_stack(sys_getframe(1))
+            # The loop's methods are compiled and have no frames: frame 0
+            # is already the caller's (asyncio's Python methods skip theirs).
+            try:
+                frame = sys_getframe(0)
+            except ValueError:      # called with no Python frame at all
+                return
+            self._source_traceback = extract_stack(frame)
 
     def _repr_info(self):
         info = [self.__class__.__name__]
@@ -51,14 +57,18 @@ cdef class Handle:
         cdef object context = self._context
         cdef PyObject *ctx = <PyObject*>context
         self._loop._current_handle = self
-        if PyContext_Enter(ctx) < 0:
-            self._loop._current_handle = None
-            raise RuntimeError('cannot enter context: {} is already entered'.format(context))
         try:
-            if args is None:
-                callback()
-            else:
-                callback(*args)
+            # Leave the context before the exception handler runs: it enters
+            # the handle's context itself (and asyncio reports "already
+            # entered" to the handler too).
+            PyContext_Enter(ctx)
+            try:
+                if args is None:
+                    callback()
+                else:
+                    callback(*args)
+            finally:
+                PyContext_Exit(ctx)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -72,7 +82,6 @@ cdef class Handle:
                 context_dict['source_traceback'] = self._source_traceback
             self._loop.call_exception_handler(context_dict)
         finally:
-            PyContext_Exit(ctx)
             self._loop._current_handle = None
         # Break reference cycles (exc -> traceback -> frame -> handle).
         self = None

@@ -62,12 +62,14 @@ cdef class StreamTransport(RingTransport):
         list _paused_data            # data that arrived while paused (None = EOF)
         bint _buffered               # protocol is a BufferedProtocol
         char *_rbuf                  # own receive buffer without a buffer ring
+        bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 
         bint _zc_capable             # TCP over IPv4/IPv6 and SEND_ZC supported
         bint _zc_write               # plain write() may use SEND_ZC
         Py_ssize_t _zc_threshold
         Py_ssize_t _zc_pinned
         object _waiter
+        object _empty_waiter         # sendfile(): resolves when nothing is queued
 
         # statistics (zerocopy.md W15)
         Py_ssize_t _st_zc_bytes
@@ -85,7 +87,6 @@ cdef class StreamTransport(RingTransport):
     cdef _on_send_notif(self, _SendOp op, int32_t res)
     cdef _release_op(self, _SendOp op)
     cdef _requeue(self, _SendOp op, Py_ssize_t done)
-    cdef _settle_lost_op(self, _SendOp op, int32_t res)
     cdef _after_drain(self)
     cdef _drop_queue(self, object exc)
     cdef _start_reading(self)

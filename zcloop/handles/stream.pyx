@@ -218,7 +218,9 @@ cdef class StreamTransport(RingTransport):
             self._recv_op.transport = self
         sqe = loop._sqe()
         if loop._ensure_buf_ring():
-            if loop._feature('recv_multishot'):
+            if self._is_pipe:
+                io_uring_prep_read(sqe, self._fd, NULL, loop._buf_size, NO_OFFSET)
+            elif loop._feature('recv_multishot'):
                 io_uring_prep_recv_multishot(sqe, self._fd, NULL, 0, 0)
             else:
                 io_uring_prep_recv(sqe, self._fd, NULL, loop._buf_size, 0)
@@ -229,7 +231,10 @@ cdef class StreamTransport(RingTransport):
                 self._rbuf = <char*>PyMem_Malloc(loop._buf_size)
                 if self._rbuf == NULL:
                     raise MemoryError()
-            io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
+            if self._is_pipe:
+                io_uring_prep_read(sqe, self._fd, self._rbuf, loop._buf_size, NO_OFFSET)
+            else:
+                io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
         self._recv_ud = loop._track(self._recv_op)
         self._recv_cancelled = False
         io_uring_sqe_set_data64(sqe, self._recv_ud)
@@ -356,6 +361,8 @@ cdef class StreamTransport(RingTransport):
             data = bytes(data)
         if self._eof:
             raise RuntimeError('Cannot call write() after write_eof()')
+        if self._empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
         n = PyBytes_GET_SIZE(data)
         if n == 0:
             return
@@ -391,6 +398,8 @@ cdef class StreamTransport(RingTransport):
                             f'not {type(data).__name__!r}')
         if self._eof:
             raise RuntimeError('Cannot call write_zc() after write_eof()')
+        if self._empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
         pinned = _Pinned()
         try:
             PyObject_GetBuffer(data, &pinned.view, PyBUF_C_CONTIGUOUS)
@@ -496,7 +505,16 @@ cdef class StreamTransport(RingTransport):
             op.entries = entries
         op.nbytes = total
         sqe = loop._sqe()
-        if niov == 1:
+        if self._is_pipe:
+            if niov == 1:
+                io_uring_prep_write(sqe, self._fd, _entry_ptr(first) + offset, total, NO_OFFSET)
+            else:
+                op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
+                if op.iov == NULL:
+                    raise MemoryError()
+                _fill_iov(op, niov, offset)
+                io_uring_prep_writev(sqe, self._fd, op.iov, niov, NO_OFFSET)
+        elif niov == 1:
             if zc:
                 io_uring_prep_send_zc(sqe, self._fd, _entry_ptr(first) + offset, total,
                                       SEND_FLAGS, 0)
@@ -508,13 +526,7 @@ cdef class StreamTransport(RingTransport):
             op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
             if op.iov == NULL:
                 raise MemoryError()
-            for i in range(niov):
-                entry = op.entries[i]
-                op.iov[i].iov_base = _entry_ptr(entry)
-                op.iov[i].iov_len = _entry_len(entry)
-            op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
-            op.iov[0].iov_len -= offset
-            op.niov = niov
+            _fill_iov(op, niov, offset)
             memset(&op.msg, 0, sizeof(msghdr))
             op.msg.msg_iov = op.iov
             op.msg.msg_iovlen = niov
@@ -549,7 +561,8 @@ cdef class StreamTransport(RingTransport):
         if not (flags & IORING_CQE_F_MORE):
             self._release_op(op)
         if res == -ECANCELED or self._conn_lost:
-            self._settle_lost_op(op, res)
+            _settle_popped(op, res if res > 0 else 0,
+                           ConnectionAbortedError('Transport aborted'))
             self._after_drain()
             return
         if res < 0:
@@ -566,7 +579,7 @@ cdef class StreamTransport(RingTransport):
                 self._flush()
                 return
             exc = _send_error(res)
-            self._settle_lost_op(op, res)
+            _settle_popped(op, 0, exc)
             self._fatal_error(exc, 'Fatal write error on socket transport')
             return
         done = res
@@ -589,24 +602,6 @@ cdef class StreamTransport(RingTransport):
                 (<_Pinned>entry).handle._set_sent(None)
                 (<_Pinned>entry)._unref()       # drops the queue's hold
         self._after_drain()
-
-    cdef _settle_lost_op(self, _SendOp op, int32_t res):
-        """The request ended with the connection (error, cancel, abort): its
-        write_zc buffers left the queue with it, so resolve their `sent` and
-        drop the queue's hold on them here (nobody else will)."""
-        cdef Py_ssize_t pos = 0, i
-        if not op.popped:
-            return      # still at the queue's head: _drop_queue() settles it
-        if res < 0 and res != -ECANCELED:
-            exc = _send_error(res)
-        else:
-            exc = ConnectionAbortedError('Transport aborted')
-        for i in range(len(op.entries)):
-            entry = op.entries[i]
-            pos += _entry_len(entry) - (op.offset if i == 0 else 0)
-            if type(entry) is _Pinned:
-                (<_Pinned>entry).handle._set_sent(None if 0 <= pos <= res else exc)
-                (<_Pinned>entry)._unref()
 
     cdef _requeue(self, _SendOp op, Py_ssize_t done):
         """Put what the request did not send back at the head of the queue."""
@@ -633,6 +628,9 @@ cdef class StreamTransport(RingTransport):
                 self._flush_queued = True
                 self._loop._pending_flush.append(self)
         else:
+            if self._empty_waiter is not None and self._send_op is None and \
+                    not self._empty_waiter.done():
+                self._empty_waiter.set_result(None)
             if self._eof:
                 self._shutdown_write()
             if self._closing and self._send_op is None:
@@ -689,6 +687,17 @@ cdef class StreamTransport(RingTransport):
         self._queue_bytes = 0
         self._queue_offset = 0
 
+    def _make_empty_waiter(self):
+        if self._empty_waiter is not None:
+            raise RuntimeError('Empty waiter is already set')
+        self._empty_waiter = self._loop.create_future()
+        if self._send_op is None and not self._queue:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+
     # ------------------------------------------------------------------
     # Closing
 
@@ -703,6 +712,8 @@ cdef class StreamTransport(RingTransport):
     cpdef _force_close(self, object exc):
         if self._conn_lost:
             return
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
         self._drop_queue(_CANCELLED if exc is None else exc)
         if self._zc_pinned and self._sock is not None:
             # RST instead of FIN so unacknowledged skbs stop holding pinned
@@ -771,6 +782,37 @@ cdef class StreamTransport(RingTransport):
             'pinned_bytes': self._zc_pinned,
             'sends': self._st_sends,
         }
+
+
+cdef uint64_t NO_OFFSET = <uint64_t>-1      # read/write at the file position (pipes)
+
+
+cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):
+    cdef int i
+    for i in range(niov):
+        entry = op.entries[i]
+        op.iov[i].iov_base = _entry_ptr(entry)
+        op.iov[i].iov_len = _entry_len(entry)
+    op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
+    op.iov[0].iov_len -= offset
+    op.niov = niov
+
+
+cdef _settle_popped(_SendOp op, Py_ssize_t done, object exc):
+    # The request ended without being re-queued (abort, send error): the
+    # write_zc() buffers it took off the queue get `sent` resolved (done or
+    # failed with exc) and the queue's hold dropped, so `released` resolves
+    # at the request's final CQE.  A zero-copy chunk not popped is still at
+    # the head of the queue (_drop_queue's business).
+    cdef Py_ssize_t pos = 0, i
+    if not op.popped:
+        return
+    for i in range(len(op.entries)):
+        entry = op.entries[i]
+        pos += _entry_len(entry) - (op.offset if i == 0 else 0)
+        if type(entry) is _Pinned:
+            (<_Pinned>entry).handle._set_sent(None if pos <= done else exc)
+            (<_Pinned>entry)._unref()
 
 
 cdef _send_error(int32_t res):

@@ -35,3 +35,6 @@ cdef extern from "<sys/mman.h>" nogil:
 cdef extern from "<sys/socket.h>" nogil:
     int MSG_WAITALL, MSG_NOSIGNAL, MSG_DONTWAIT, MSG_TRUNC
     int SOCK_NONBLOCK, SOCK_CLOEXEC
+
+cdef extern from "<fcntl.h>" nogil:
+    unsigned SPLICE_F_MOVE

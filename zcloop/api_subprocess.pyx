@@ -1,0 +1,160 @@
+# Pipes and subprocesses.  Child exit is a POLL_ADD on a pidfd in the ring:
+# no SIGCHLD handler, no watcher thread.
+
+from asyncio import unix_events as aio_unix_events
+import subprocess
+
+
+cdef class _ChildExitOp(UringOp):
+    cdef:
+        int pidfd
+        int pid
+        object transport
+        uint64_t ud
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        self.ud = 0
+        if res == -ECANCELED:
+            self._close_pidfd()
+            return 0
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Reaped elsewhere: by Popen.poll() in transport.close(), or by
+            # someone else (asyncio's watchers report 255 then, too).
+            proc = getattr(self.transport, '_proc', None)
+            returncode = proc.returncode if proc is not None else None
+            if returncode is None:
+                logger.warning("Unknown child process pid %d, will report returncode 255",
+                               self.pid)
+                returncode = 255
+        else:
+            if pid == 0:
+                # Spurious wakeup: keep waiting.
+                self.arm(loop)
+                return 0
+            returncode = os.waitstatus_to_exitcode(status)
+        self._close_pidfd()
+        transport = self.transport
+        self.transport = None
+        if transport._returncode is None:
+            transport._process_exited(returncode)
+        return 0
+
+    cdef arm(self, RingLoop loop):
+        cdef io_uring_sqe *sqe = loop._sqe()
+        io_uring_prep_poll_add(sqe, self.pidfd, POLLIN)
+        self.ud = loop._track(self)
+        io_uring_sqe_set_data64(sqe, self.ud)
+
+    def _close_pidfd(self):
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    cdef int on_close(self, RingLoop loop) except -1:
+        self._close_pidfd()
+        return 0
+
+
+class _PipesAPI:
+
+    async def connect_read_pipe(self, protocol_factory, pipe):
+        """Register the read end of pipe in the event loop."""
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = ReadPipeTransport.__new__(ReadPipeTransport)
+        transport._init(self, pipe, protocol, waiter, None)
+        try:
+            await waiter
+        except:
+            transport.close()
+            raise
+        if (<RingLoop>self)._debug:
+            logger.debug('Read pipe %r connected: (%r, %r)', pipe.fileno(), transport, protocol)
+        return transport, protocol
+
+    async def connect_write_pipe(self, protocol_factory, pipe):
+        """Register the write end of pipe in the event loop."""
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = WritePipeTransport.__new__(WritePipeTransport)
+        transport._init(self, pipe, protocol, waiter, None)
+        try:
+            await waiter
+        except:
+            transport.close()
+            raise
+        if (<RingLoop>self)._debug:
+            logger.debug('Write pipe %r connected: (%r, %r)', pipe.fileno(), transport, protocol)
+        return transport, protocol
+
+    async def subprocess_shell(self, protocol_factory, cmd, *, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=False, shell=True, bufsize=0,
+                               encoding=None, errors=None, text=None, **kwargs):
+        if not isinstance(cmd, (bytes, str)):
+            raise ValueError("cmd must be a string")
+        if universal_newlines:
+            raise ValueError("universal_newlines must be False")
+        if not shell:
+            raise ValueError("shell must be True")
+        if bufsize != 0:
+            raise ValueError("bufsize must be 0")
+        if text:
+            raise ValueError("text must be False")
+        if encoding is not None:
+            raise ValueError("encoding must be None")
+        if errors is not None:
+            raise ValueError("errors must be None")
+        protocol = protocol_factory()
+        transport = await self._make_subprocess_transport(
+            protocol, cmd, True, stdin, stdout, stderr, bufsize, **kwargs)
+        return transport, protocol
+
+    async def subprocess_exec(self, protocol_factory, program, *args, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=False, shell=False, bufsize=0,
+                              encoding=None, errors=None, text=None, **kwargs):
+        if universal_newlines:
+            raise ValueError("universal_newlines must be False")
+        if shell:
+            raise ValueError("shell must be False")
+        if bufsize != 0:
+            raise ValueError("bufsize must be 0")
+        if text:
+            raise ValueError("text must be False")
+        if encoding is not None:
+            raise ValueError("encoding must be None")
+        if errors is not None:
+            raise ValueError("errors must be None")
+        popen_args = (program,) + args
+        protocol = protocol_factory()
+        transport = await self._make_subprocess_transport(
+            protocol, popen_args, False, stdin, stdout, stderr, bufsize, **kwargs)
+        return transport, protocol
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout,
+                                         stderr, bufsize, extra=None, **kwargs):
+        # asyncio's Popen wrapper; its pipes are zcloop pipe transports and
+        # the exit comes from a pidfd poll on the ring.
+        cdef _ChildExitOp op
+        waiter = self.create_future()
+        transp = aio_unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        op = _ChildExitOp()
+        op.pid = transp.get_pid()
+        op.pidfd = os.pidfd_open(op.pid)
+        op.transport = transp
+        op.arm(<RingLoop>self)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp

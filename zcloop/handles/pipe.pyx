@@ -1,0 +1,120 @@
+# Pipe transports (asyncio's _UnixReadPipeTransport / _UnixWritePipeTransport
+# semantics) on the stream machinery: READ into the buffer ring, WRITE/WRITEV
+# for the queue.
+
+cdef _init_pipe(StreamTransport transport, RingLoop loop, object pipe, object protocol,
+                object waiter, object extra, bint reading):
+    fileno = pipe.fileno()
+    mode = os.fstat(fileno).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        if reading:
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+        raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+    os.set_blocking(fileno, False)
+    transport._loop = loop
+    transport._extra = dict(extra) if extra else {}
+    transport._extra['pipe'] = pipe
+    transport._sock = pipe
+    transport._fd = fileno
+    transport._is_pipe = True
+    transport._zc_threshold = 0
+    transport.set_protocol(protocol)
+    loop._call_soon(protocol.connection_made, (transport,), None)
+    return mode
+
+
+@cython.no_gc_clear
+cdef class ReadPipeTransport(StreamTransport):
+
+    def _init(self, RingLoop loop, pipe, protocol, waiter, extra):
+        _init_pipe(self, loop, pipe, protocol, waiter, extra, True)
+        loop._call_soon(self._start_reading_cb, None, None)
+        if waiter is not None:
+            loop._call_soon(aio_futures._set_result_unless_cancelled, (waiter, None), None)
+
+    cdef _on_eof(self):
+        # The writer closed its end.
+        if self._loop._debug:
+            logger.info("%r was closed by peer", self)
+        self._closing = True
+        self._read_eof = True
+        self._loop._call_soon(self._protocol.eof_received, None, None)
+        self._schedule_connection_lost(None)
+
+
+cdef class _PipeHangupOp(UringOp):
+    # The write end of a pipe turns readable (POLLERR/POLLHUP) when the read
+    # end closes: asyncio watches it with a reader, we with one POLL_ADD.
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        transport = self.transport
+        if transport._hup_ud != user_data:
+            return 0
+        transport._hup_ud = 0
+        if res == -ECANCELED or transport._conn_lost:
+            return 0
+        if loop._debug:
+            logger.info("%r was closed by peer", transport)
+        transport._force_close(BrokenPipeError() if transport._buffer_size() else None)
+        return 0
+
+
+@cython.no_gc_clear
+cdef class WritePipeTransport(StreamTransport):
+
+    def _init(self, RingLoop loop, pipe, protocol, waiter, extra):
+        mode = _init_pipe(self, loop, pipe, protocol, waiter, extra, False)
+        if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+            loop._call_soon(self._watch_hangup_cb, None, None)
+        if waiter is not None:
+            loop._call_soon(aio_futures._set_result_unless_cancelled, (waiter, None), None)
+
+    def _watch_hangup_cb(self):
+        self._watch_hangup()
+
+    cdef _watch_hangup(self):
+        cdef io_uring_sqe *sqe
+        cdef RingLoop loop = self._loop
+        if self._closing or self._sock is None:
+            return
+        self._hup_op = _PipeHangupOp()
+        self._hup_op.transport = self
+        sqe = loop._sqe()
+        io_uring_prep_poll_add(sqe, self._fd, POLLIN)
+        self._hup_ud = loop._track(self._hup_op)
+        io_uring_sqe_set_data64(sqe, self._hup_ud)
+
+    def write(self, data):
+        if self._closing and not self._conn_lost:
+            # After write_eof()/close(): asyncio drops the data with a warning
+            # once past the threshold.
+            self._conn_lost += 1
+        if self._conn_lost:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f'data argument must be a bytes-like object, '
+                                f'not {type(data).__name__!r}')
+            if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning('pipe closed by peer or os.write(pipe, data) raised exception.')
+            self._conn_lost += 1
+            return
+        StreamTransport.write(self, data)
+
+    def write_eof(self):
+        # Closing the write end is the pipe's EOF.
+        self.close()
+
+    def is_reading(self):
+        return False
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def _call_connection_lost(self, exc):
+        if self._hup_ud:
+            self._loop._cancel_op(self._hup_ud)
+            self._hup_ud = 0
+        StreamTransport._call_connection_lost(self, exc)
