@@ -380,11 +380,23 @@ cdef class RingLoop:
         return 0
 
     cdef int _reap(self) except -1:
-        cdef unsigned n, i
+        cdef unsigned n, i, j
         while True:
             n = zc_reap(&self._ring, self._cqes, 256)
             for i in range(n):
-                self._dispatch(&self._cqes[i])
+                try:
+                    self._dispatch(&self._cqes[i])
+                except BaseException:
+                    # A Python signal handler raised (PyErr_CheckSignals in
+                    # _on_signal_bytes).  The rest of the batch is already
+                    # consumed from the CQ: dispatch it before propagating,
+                    # or its ops would never complete nor free their slots.
+                    for j in range(i + 1, n):
+                        try:
+                            self._dispatch(&self._cqes[j])
+                        except BaseException:
+                            pass
+                    raise
             if n < 256:
                 return 0
 

@@ -25,8 +25,10 @@ cdef size_t _DGRAM_RECV_OTHER = 256 * 1024
 # zerocopy.md W10: bytes one transport may have pinned by SENDMSG_ZC.
 cdef Py_ssize_t _DGRAM_ZC_MAX_PINNED = 4 * 1024 * 1024
 
-# 3.12 sends empty datagrams; 3.11 drops them in sendto().
-cdef bint _DGRAM_SEND_EMPTY = sys.version_info >= (3, 12)
+# Python 3.13 sends empty datagrams (3.11/3.12 drop them in sendto()) and
+# counts 8 bytes of header per buffered datagram in the write buffer size.
+cdef bint _DGRAM_SEND_EMPTY = sys.version_info >= (3, 13)
+cdef Py_ssize_t _DGRAM_HEADER = 8 if sys.version_info >= (3, 13) else 0
 
 
 cdef bint _sockaddr_is_local(const sockaddr_storage *ss):
@@ -42,7 +44,7 @@ cdef bint _sockaddr_is_local(const sockaddr_storage *ss):
         return a[0] == 127 or sin.sin_addr.s_addr == 0
     if ss.ss_family == AF_INET6:
         sin6 = <const sockaddr_in6*>ss
-        a = sin6.sin6_addr.s6_addr
+        a = <const unsigned char*>sin6.sin6_addr.s6_addr
         for i in range(10):
             if a[i] != 0:
                 return False
@@ -386,7 +388,7 @@ cdef class DatagramTransport(RingTransport):
         op.counted = True
         op.seq = self._send_seq
         self._send_seq += 1
-        self._buf_bytes += op.nbytes
+        self._buf_bytes += op.nbytes + _DGRAM_HEADER
         self._queue.append(op)
         self._schedule_flush()
         self._maybe_pause_protocol()
@@ -500,7 +502,7 @@ cdef class DatagramTransport(RingTransport):
                 self._requeue(op, flags)
             else:
                 op.counted = False
-                self._buf_bytes -= op.nbytes
+                self._buf_bytes -= op.nbytes + _DGRAM_HEADER
                 if res < 0:
                     self._send_errors.append(OSError(-res, os.strerror(-res)))
                 elif op.zc:
