@@ -11,8 +11,10 @@ import gc
 import logging
 import os
 import random
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 
@@ -731,23 +733,41 @@ def test_failed_send_does_not_lose_or_reorder_the_next_ones(udp_loop_factory):
     assert run(udp_loop_factory, main) == (OSError, errno_EMSGSIZE, [b'A', b'B', b'C', b'D'])
 
 
-def _default_route_exists():
+@pytest.fixture(scope='module')
+def remote_peer():
+    """(host, port) of a UDP peer nobody reads, in a private network namespace
+    behind a veth pair whose host side is rate-limited (tbf), so a sender's
+    buffer really fills up.  Traffic never leaves this machine."""
+    ip, tc = shutil.which('ip'), shutil.which('tc')
+    if ip is None or tc is None or os.geteuid() != 0:
+        pytest.skip('needs root, iproute2 and tc to make a network namespace')
+    tag = f'{os.getpid() % 100000}'
+    ns, host_if, ns_if = f'zcu{tag}', f'zcu{tag}a', f'zcu{tag}b'
+    host_addr, peer_addr = '10.213.78.1', '10.213.78.2'
+
+    def sh(*args, check=True):
+        return subprocess.run(list(args), capture_output=True, text=True, check=check)
     try:
-        with open('/proc/net/route') as f:
-            return any(line.split()[1] == '00000000' for line in f.readlines()[1:])
-    except OSError:
-        return False
+        try:
+            sh(ip, 'netns', 'add', ns)
+            sh(ip, 'link', 'add', host_if, 'type', 'veth', 'peer', 'name', ns_if)
+            sh(ip, 'link', 'set', ns_if, 'netns', ns)
+            sh(ip, 'addr', 'add', f'{host_addr}/30', 'dev', host_if)
+            sh(ip, 'link', 'set', host_if, 'up')
+            sh(tc, 'qdisc', 'add', 'dev', host_if, 'root', 'tbf', 'rate', '4mbit',
+               'burst', '4kb', 'latency', '200ms')
+            sh(ip, 'netns', 'exec', ns, ip, 'addr', 'add', f'{peer_addr}/30', 'dev', ns_if)
+            sh(ip, 'netns', 'exec', ns, ip, 'link', 'set', ns_if, 'up')
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f'cannot make a network namespace: {exc.stderr.strip()}')
+        yield peer_addr, 9
+    finally:
+        sh(ip, 'netns', 'del', ns, check=False)
+        sh(ip, 'link', 'del', host_if, check=False)
 
 
-# 198.51.100.0/24 (TEST-NET-2) leaves through the default route and a real
-# device: with a tiny SO_SNDBUF, sends to it block until the device has
-# transmitted the earlier ones.  Nobody answers.
-REMOTE = ('198.51.100.7', 9)
-needs_route = pytest.mark.skipif(not _default_route_exists(), reason='no default route')
-
-
-@needs_route
-def test_udp_sends_wait_for_send_buffer_room(udp_loop_factory):
+def test_udp_sends_wait_for_send_buffer_room(udp_loop_factory, remote_peer):
+    REMOTE = remote_peer
     async def main():
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -768,8 +788,8 @@ def test_udp_sends_wait_for_send_buffer_room(udp_loop_factory):
     assert size == 0 or asyncio_header_leak(udp_loop_factory, size)
 
 
-@needs_route
-def test_sock_sendto_waits_for_udp_send_buffer(udp_loop_factory):
+def test_sock_sendto_waits_for_udp_send_buffer(udp_loop_factory, remote_peer):
+    REMOTE = remote_peer
     # On zcloop the blocked send is a SENDMSG on the ring.
     async def main():
         loop = asyncio.get_running_loop()
@@ -1180,19 +1200,17 @@ def test_zcloop_zero_copy_small_datagrams_use_copy():
     assert run(zcloop.Loop, main) == (0, 1)
 
 
-@needs_route
-def test_zcloop_zero_copy_to_remote_peer():
-    # 198.51.100.0/24 (TEST-NET-2) leaves through the default route: a real
-    # device, where the kernel may really send from our pages.  Nobody
-    # answers; only the send side is checked.
+def test_zcloop_zero_copy_to_remote_peer(remote_peer):
+    # A non-local peer (veth into a private namespace): large datagrams go
+    # out as SENDMSG_ZC.  Nobody answers; only the send side is checked.
     async def main():
         loop = asyncio.get_running_loop()
         if not loop.features()['sendmsg_zc']:
             pytest.skip('no SENDMSG_ZC')
         t, p = await loop.create_datagram_endpoint(Recorder, family=socket.AF_INET)
         for i in range(4):
-            t.sendto(bytes([i]) * 30000, ('198.51.100.7', 9))
-        t.sendto(b'small', ('198.51.100.7', 9))
+            t.sendto(bytes([i]) * 30000, remote_peer)
+        t.sendto(b'small', remote_peer)
         for _ in range(200):
             if t.get_write_buffer_size() == 0:
                 break
