@@ -273,6 +273,8 @@ cdef class StreamTransport(RingTransport):
             else:
                 self._on_eof()
         elif res > 0 or res == -ENOBUFS or res == -ECANCELED:
+            if res == -ENOBUFS:
+                loop._grow_buf_ring()
             # Multishot ended (buffer ring empty, fairness, a cancel from
             # pause_reading): re-arm if we still want data.
             self._start_reading()
