@@ -1103,10 +1103,15 @@ cdef class RingLoop:
         if self._old_wakeup_fd is not None:
             return
         try:
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_wsock.fileno(),
-                                                       warn_on_full_buffer=False)
+            old = signal.set_wakeup_fd(self._sig_wsock.fileno(), warn_on_full_buffer=False)
         except (ValueError, OSError):
-            self._old_wakeup_fd = None
+            return
+        if old != -1:
+            # Someone else's wakeup fd (another loop with signal handlers,
+            # a GUI toolkit): asyncio leaves it alone, so put it back.
+            signal.set_wakeup_fd(old)
+            return
+        self._old_wakeup_fd = old
 
     def _restore_signal_wakeup(self):
         if self._old_wakeup_fd is None or self._signal_handlers:
