@@ -7,6 +7,11 @@ import pytest
 
 import zcloop
 
+# Python >= 3.12 warns about fork() in a process with threads (pytest's, the
+# executor threads of earlier tests); the children here only run a loop.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning")
+
 
 def _in_child(fn):
     """Run fn() in a forked child; return (exit status, what it wrote)."""
