@@ -715,6 +715,12 @@ cdef class RingLoop:
         if aio_events._get_running_loop() is not None:
             raise RuntimeError(
                 'Cannot run the event loop while another loop is running')
+        if getpid() != self._owner_pid:
+            # The child of a fork() shares the ring's memory with the parent:
+            # submitting from here would corrupt the parent's loop.
+            raise RuntimeError(
+                'this zcloop loop was created in another process and its io_uring is '
+                'shared with that process since fork(); create a new loop in the child')
         # Refuse a thread that can't drive the ring before
         # run_until_complete() wraps its coroutine in a task.
         self._enable_ring()
@@ -1252,10 +1258,15 @@ cdef class RingLoop:
         if self._old_wakeup_fd is not None:
             return
         try:
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_wsock.fileno(),
-                                                       warn_on_full_buffer=False)
+            old = signal.set_wakeup_fd(self._sig_wsock.fileno(), warn_on_full_buffer=False)
         except (ValueError, OSError):
-            self._old_wakeup_fd = None
+            return
+        if old != -1:
+            # Someone else's wakeup fd (another loop with signal handlers,
+            # a GUI toolkit): asyncio leaves it alone, so put it back.
+            signal.set_wakeup_fd(old)
+            return
+        self._old_wakeup_fd = old
 
     def _restore_signal_wakeup(self):
         if self._old_wakeup_fd is None or self._signal_handlers:
