@@ -597,8 +597,8 @@ cdef class RingLoop:
             timeout = 0
         elif scheduled:
             timeout = (<TimerHandle>scheduled[0])._when - self._time()
-            if timeout < 0:
-                timeout = 0
+            if not timeout >= 0:
+                timeout = 0         # also NaN: asyncio runs such a timer at once
             elif timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
         self._wait(timeout)
