@@ -219,6 +219,7 @@ cdef class RingLoop:
         cdef int ret = 0
         cdef int op
         cdef uint32_t flags
+        cdef unsigned sq
         ladder = []
         if self._feature('single_issuer') and self._feature('defer_taskrun'):
             ladder.append(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
@@ -237,6 +238,15 @@ cdef class RingLoop:
                 params.flags = flags
                 params.cq_entries = CQ_ENTRIES
                 ret = io_uring_queue_init_params(SQ_ENTRIES, &self._ring, &params)
+                sq = SQ_ENTRIES
+                while ret == -ENOMEM and sq > 32:
+                    # Without CAP_IPC_LOCK, recent kernels (6.18 here) charge
+                    # the rings to RLIMIT_MEMLOCK again: take smaller ones.
+                    sq //= 2
+                    memset(&params, 0, sizeof(params))
+                    params.flags = flags
+                    params.cq_entries = 4 * sq
+                    ret = io_uring_queue_init_params(sq, &self._ring, &params)
                 if ret == 0:
                     break
                 if ret != -EINVAL:
