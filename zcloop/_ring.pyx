@@ -324,7 +324,12 @@ cdef class RingLoop:
         self._slot_cap = new
 
     cdef io_uring_sqe *_sqe(self) except NULL:
-        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self._ring)
+        cdef io_uring_sqe *sqe
+        if not self._ring_ready:
+            # The ring is gone (loop closed): e.g. resume_reading() on a
+            # transport of a closed loop.  asyncio raises the same.
+            raise RuntimeError('Event loop is closed')
+        sqe = io_uring_get_sqe(&self._ring)
         if sqe == NULL:
             # SQ full: push what is queued to the kernel and take a fresh one.
             io_uring_submit(&self._ring)
