@@ -1070,12 +1070,12 @@ def test_huge_writes_in_subprocess():
     record("huge_writes", bytes_per_mode=n, modes=3, bytes_lost=0)
 
 
-@pytest.mark.timeout(30)
 # asyncio's own _UnixReadPipeTransport.__del__ fails on a transport whose
 # __init__ raised (no _closing attribute): noise from the reference loop.
 ASYNCIO_NOISE = {"connect_read_pipe_closed_file"}
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.filterwarnings(
         "ignore::pytest.PytestUnraisableExceptionWarning")) if n in ASYNCIO_NOISE else n
