@@ -10,11 +10,11 @@ import asyncio as _asyncio
 import os as _os
 import warnings as _warnings
 
-from ._ring import Loop, IoUringUnavailableError, features, _probe_unavailable
+from ._ring import Loop, IoUringUnavailableError, ZeroCopyWrite, features, _probe_unavailable
 
 __all__ = (
     "Loop", "new_event_loop", "EventLoopPolicy", "install", "run", "features",
-    "IoUringUnavailableError", "available", "FALLBACK_ENV", "DISABLE_ENV",
+    "IoUringUnavailableError", "ZeroCopyWrite", "available", "FALLBACK_ENV", "DISABLE_ENV",
 )
 __version__ = "0.1.0"
 

@@ -68,6 +68,13 @@ def child_env(loop):
     return env
 
 
+def kill_process_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone
+
+
 def run_once(command, loop, *, timeout, show_output):
     """Run `command` on `loop`; return a sample dict (wall, cpu, peak RSS, status)."""
     stderr = None if show_output else tempfile.TemporaryFile()
@@ -83,7 +90,7 @@ def run_once(command, loop, *, timeout, show_output):
 
     def kill_on_timeout():
         timed_out.set()
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_process_group(proc.pid)
 
     timer = threading.Timer(timeout, kill_on_timeout) if timeout else None
     try:
@@ -92,8 +99,8 @@ def run_once(command, loop, *, timeout, show_output):
         # wait4 rather than Popen.wait: it also returns the child's rusage
         # (which includes the grandchildren it waited for).
         _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
+    except BaseException:  # e.g. Ctrl-C: the child has its own session, end it too
+        kill_process_group(proc.pid)
         proc.wait()
         raise
     finally:

@@ -18,6 +18,8 @@ include "handles/stream.pxd"
 include "handles/server.pxd"
 include "handles/pipe.pxd"
 include "handles/sockops.pxd"
+include "handles/pollwait.pxd"
+include "handles/udp.pxd"
 
 
 cdef class RingLoop:

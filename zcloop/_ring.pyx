@@ -99,9 +99,12 @@ include "handles/stream.pyx"
 include "handles/server.pyx"
 include "handles/pipe.pyx"
 include "handles/sockops.pyx"
+include "handles/pollwait.pyx"
+include "handles/udp.pyx"
 include "api_streams.pyx"
 include "api_subprocess.pyx"
 include "api_sendfile.pyx"
+include "api_datagram.pyx"
 include "errors.pyx"
 
 
@@ -195,7 +198,9 @@ cdef class RingLoop:
             self._slot_op = NULL
 
     def __del__(self):
-        if not self._closed and self._ready is not None:
+        # No ring: __init__ failed (io_uring unavailable, bad arguments), so
+        # there is no loop the user could have closed.
+        if not self._closed and self._ready is not None and self._ring_ready:
             warnings.warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()
@@ -276,7 +281,9 @@ cdef class RingLoop:
 
     cdef _enable_ring(self):
         cdef int ret
-        cdef long thread_id = <long>PyThread_get_thread_ident()
+        # The kernel thread id: pthread idents are reused as soon as a thread
+        # is joined, so a new thread could pass for the ring's issuer.
+        cdef long thread_id = threading.get_native_id()
         if self._ring_enabled:
             if (self._setup_flags & IORING_SETUP_SINGLE_ISSUER and
                     thread_id != self._ring_thread):
@@ -444,7 +451,13 @@ cdef class RingLoop:
         forked = getpid() != self._owner_pid
         # A ring never enabled has had nothing submitted: its ops are free.
         idle = not self._ring_enabled
-        if not forked and not idle:
+        # close() from a thread other than a SINGLE_ISSUER ring's issuer
+        # (loop run in a worker thread, closed by the main thread): it can
+        # neither submit the cancel nor reap, so closing the ring fd is what
+        # cancels everything.
+        foreign = (not idle and (self._setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0 and
+                   <long>threading.get_native_id() != self._ring_thread)
+        if not forked and not idle and not foreign:
             # Cancel everything, then wait for final CQEs so no buffer the
             # kernel still references is freed.  Zero-copy notifications
             # wait for the peer's ACK, hence the longer deadline when any
@@ -469,7 +482,11 @@ cdef class RingLoop:
                 if not idle:
                     # Keep the slot's reference forever.
                     _quarantine.append(op)
-                    leaked += 1
+                    # The loop's own eventfd/signal reads fill buffers inside
+                    # the loop and get no data once it is closed: not a leak
+                    # worth a warning.
+                    if not isinstance(op, (_WakeupRead, _SignalRead)):
+                        leaked += 1
                 Py_DECREF(op)
         self._slot_nfree = 0
         for i in range(self._slot_cap):
@@ -662,7 +679,7 @@ cdef class RingLoop:
             flush = self._pending_flush
             self._pending_flush = []
             for transport in flush:
-                (<StreamTransport>transport)._flush()
+                (<RingTransport>transport)._flush()
 
     cdef _check_closed(self):
         if self._closed:
@@ -682,6 +699,9 @@ cdef class RingLoop:
         if aio_events._get_running_loop() is not None:
             raise RuntimeError(
                 'Cannot run the event loop while another loop is running')
+        # Refuse a thread that can't drive the ring before
+        # run_until_complete() wraps its coroutine in a task.
+        self._enable_ring()
 
     def run_forever(self):
         """Run the event loop until stop() is called."""
@@ -824,10 +844,7 @@ cdef class RingLoop:
         if self._debug:
             self._check_thread()
             _check_callback(callback, 'call_soon')
-        handle = self._call_soon(callback, args if args else None, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
-        return handle
+        return self._call_soon(callback, args if args else None, context)
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         """Like call_soon(), but thread-safe: wakes the loop's ring."""
@@ -835,8 +852,6 @@ cdef class RingLoop:
         if self._debug:
             _check_callback(callback, 'call_soon_threadsafe')
         handle = self._call_soon(callback, args if args else None, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
         self._wakeup()
         return handle
 
@@ -844,10 +859,7 @@ cdef class RingLoop:
         """Arrange for a callback to be called at a given time."""
         if delay is None:
             raise TypeError('delay must not be None')
-        timer = self.call_at(self._time() + delay, callback, *args, context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        return timer
+        return self.call_at(self._time() + delay, callback, *args, context=context)
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (loop.time())."""
@@ -862,7 +874,6 @@ cdef class RingLoop:
         cdef TimerHandle timer = new_timer(self, when, callback, args if args else None, context)
         if self._debug:
             timer._set_source_traceback()
-            del timer._source_traceback[-1]
         heapq.heappush(self._scheduled, timer)
         timer._scheduled = True
         return timer
@@ -904,9 +915,9 @@ cdef class RingLoop:
         if context is not None:
             kwargs['context'] = context
         if self._task_factory is None:
+            # No "del task._source_traceback[-1]" as in asyncio: this method
+            # has no frame, the last one is already the caller's.
             task = aio_tasks.Task(coro, loop=self, name=name, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
         else:
             task = self._task_factory(self, coro, **kwargs)
             if name is not None:
@@ -1136,6 +1147,10 @@ cdef class RingLoop:
         self._check_closed()
         fd = _fileobj_to_fd(fd)
         self._ensure_fd_no_transport(fd)
+        if fd not in self._fd_watchers:
+            # Fail now on an fd that isn't open, as epoll_ctl() does in
+            # asyncio; the POLL_ADD would only report EBADF later.
+            os.fstat(fd)
         cdef Handle handle = new_handle(self, callback, args if args else None, None)
         handle._context = PyContext_CopyCurrent()
         watcher = self._fd_watcher(fd)
@@ -1309,7 +1324,7 @@ cdef class RingLoop:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
 
-class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, AbstractEventLoop):
+class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, _DatagramAPI, AbstractEventLoop):
     """asyncio event loop on Linux io_uring (see zcloop's README).
 
     Loop(*, disable_features=None): ``disable_features`` names ring features

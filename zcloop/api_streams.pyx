@@ -78,6 +78,49 @@ class _StreamsAPI:
             _, _, _, _, address = resolved[0]
         return await ring_connect(<RingLoop>self, sock, address)
 
+    async def sock_recv(self, sock, n):
+        """Receive up to n bytes from sock.
+
+        The wait is a one-shot POLL_ADD on the ring and the read a
+        non-blocking recv(): a cancelled sock_recv() consumes no data, as
+        with asyncio.  (A RECV op racing a cancellation could.)
+        """
+        _check_ssl_socket(sock)
+        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        while True:
+            try:
+                return sock.recv(n)
+            except (BlockingIOError, InterruptedError):
+                pass
+            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into buf; return the number of bytes received."""
+        _check_ssl_socket(sock)
+        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        while True:
+            try:
+                return sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                pass
+            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+
+    async def sock_accept(self, sock):
+        """Accept a connection: return (conn, address), conn non-blocking."""
+        _check_ssl_socket(sock)
+        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        while True:
+            try:
+                conn, address = sock.accept()
+                conn.setblocking(False)
+                return conn, address
+            except (BlockingIOError, InterruptedError):
+                pass
+            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+
     async def sock_sendall(self, sock, data):
         """Send all of data (IORING_OP_SEND with MSG_WAITALL)."""
         _check_ssl_socket(sock)

@@ -10,7 +10,13 @@ cdef class Handle:
 
     cdef _set_source_traceback(self):
         if self._loop is not None and self._loop._debug:
-            self._source_traceback = extract_stack(sys_getframe(1))
+            # The loop's methods are compiled and have no frames: frame 0
+            # is already the caller's (asyncio's Python methods skip theirs).
+            try:
+                frame = sys_getframe(0)
+            except ValueError:      # called with no Python frame at all
+                return
+            self._source_traceback = extract_stack(frame)
 
     def _repr_info(self):
         info = [self.__class__.__name__]

@@ -52,6 +52,13 @@ cdef class _FdWatcher(UringOp):
         self.armed_mask = 0
         if res == -ECANCELED:
             pass
+        elif res == -EBADF:
+            # The fd was closed while watched (its number no longer open when
+            # the poll was re-armed).  epoll forgets a closed fd silently: so
+            # do we, instead of calling the callbacks and re-arming in a busy
+            # loop.  The handles stay, so remove_*() still returns True and a
+            # new add_*() for this fd number arms a fresh poll.
+            return 0
         elif res < 0:
             # EBADF etc.: the fd went away under us; report it through the
             # callbacks as a selector does (they see the error on their call).

@@ -115,6 +115,9 @@ cdef class _ConnectOp(UringOp):
             return 0
         if res == 0:
             fut.set_result(None)
+        elif isinstance(self.address, (str, bytes)):
+            # AF_UNIX: asyncio's connect() fails synchronously, plain message.
+            fut.set_exception(OSError(-res, os.strerror(-res)))
         else:
             fut.set_exception(OSError(-res, f'Connect call failed {self.address}'))
         return 0
@@ -224,6 +227,13 @@ class Server(aio_events.AbstractServer):
             if op is not None:
                 (<_AcceptOp>op).stop()
             _cleanup_unix_socket(self._loop, sock)
+            if op is not None:
+                # The armed ACCEPT holds the file until its cancel completes
+                # (an iteration later): stop listening now, as close() does.
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             sock.close()
         self._serving = False
         if (self._serving_forever_fut is not None and

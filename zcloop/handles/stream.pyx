@@ -376,6 +376,12 @@ cdef class StreamTransport(RingTransport):
 
     def writelines(self, list_of_data):
         """Write a list (or any iterable) of data as one batch."""
+        list_of_data = list(list_of_data)
+        for data in list_of_data:
+            # All or nothing, as asyncio (it joins or wraps them all first).
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f'data argument must be a bytes-like object, '
+                                f'not {type(data).__name__!r}')
         for data in list_of_data:
             self.write(data)
 

@@ -27,3 +27,4 @@ cdef class RingTransport:
     cdef _force_close(self, object exc)
     cdef _schedule_connection_lost(self, object exc)
     cdef _close_socket(self)
+    cdef _flush(self)

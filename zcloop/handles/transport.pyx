@@ -160,6 +160,11 @@ cdef class RingTransport:
                 self._server = None
                 server._detach(self)
 
+    cdef _flush(self):
+        # Called by the loop for transports in loop._pending_flush, just
+        # before it enters the kernel: submit what was queued meanwhile.
+        pass
+
     cdef _close_socket(self):
         # The kernel keeps its own file reference for operations still in
         # flight, so closing the fd here is safe; nothing is submitted for

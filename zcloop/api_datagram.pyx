@@ -1,0 +1,266 @@
+# Loop methods for datagrams: create_datagram_endpoint() and the
+# sock_sendto()/sock_recvfrom()/sock_recvfrom_into() coroutines, with
+# asyncio's (3.11) semantics and error messages.  A mixin of zcloop.Loop:
+# ``self`` is always a RingLoop.
+import stat as _dg_stat
+
+from asyncio.base_events import (
+    _ipaddr_info as _dg_ipaddr_info,
+    _check_ssl_socket as _dg_check_ssl_socket,
+    _set_reuseport as _dg_set_reuseport,
+)
+
+_DG_HAS_IPv6 = hasattr(socket, 'AF_INET6')
+
+
+class _DatagramAPI:
+
+    async def create_datagram_endpoint(self, protocol_factory,
+                                       local_addr=None, remote_addr=None, *,
+                                       family=0, proto=0, flags=0,
+                                       reuse_port=None,
+                                       allow_broadcast=None, sock=None):
+        """Create datagram connection."""
+        cdef RingLoop loop = <RingLoop>self
+        if sock is not None:
+            if sock.type != socket.SOCK_DGRAM:
+                raise ValueError(
+                    f'A UDP Socket was expected, got {sock!r}')
+            if (local_addr or remote_addr or
+                    family or proto or flags or
+                    reuse_port or allow_broadcast):
+                # show the problematic kwargs in exception msg
+                opts = dict(local_addr=local_addr, remote_addr=remote_addr,
+                            family=family, proto=proto, flags=flags,
+                            reuse_port=reuse_port,
+                            allow_broadcast=allow_broadcast)
+                problems = ', '.join(f'{k}={v}' for k, v in opts.items() if v)
+                raise ValueError(
+                    f'socket modifier keyword arguments can not be used '
+                    f'when sock is specified. ({problems})')
+            sock.setblocking(False)
+            r_addr = None
+        else:
+            if not (local_addr or remote_addr):
+                if family == 0:
+                    raise ValueError('unexpected address family')
+                addr_pairs_info = (((family, proto), (None, None)),)
+            elif hasattr(socket, 'AF_UNIX') and family == socket.AF_UNIX:
+                for addr in (local_addr, remote_addr):
+                    if addr is not None and not isinstance(addr, str):
+                        raise TypeError('string is expected')
+
+                if local_addr and local_addr[0] not in (0, '\x00'):
+                    try:
+                        if _dg_stat.S_ISSOCK(os.stat(local_addr).st_mode):
+                            os.remove(local_addr)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as err:
+                        # Directory may have permissions only to create socket.
+                        logger.error('Unable to check or remove stale UNIX '
+                                     'socket %r: %r',
+                                     local_addr, err)
+
+                addr_pairs_info = (((family, proto),
+                                    (local_addr, remote_addr)), )
+            else:
+                # join address by (family, protocol)
+                addr_infos = {}  # Using order preserving dict
+                for idx, addr in ((0, local_addr), (1, remote_addr)):
+                    if addr is not None:
+                        if not (isinstance(addr, tuple) and len(addr) == 2):
+                            raise TypeError('2-tuple is expected')
+
+                        infos = await self._dgram_ensure_resolved(
+                            addr, family=family, type=socket.SOCK_DGRAM,
+                            proto=proto, flags=flags)
+                        if not infos:
+                            raise OSError('getaddrinfo() returned empty list')
+
+                        for fam, _, pro, _, address in infos:
+                            key = (fam, pro)
+                            if key not in addr_infos:
+                                addr_infos[key] = [None, None]
+                            addr_infos[key][idx] = address
+
+                # each addr has to have info for each (family, proto) pair
+                addr_pairs_info = [
+                    (key, addr_pair) for key, addr_pair in addr_infos.items()
+                    if not ((local_addr and addr_pair[0] is None) or
+                            (remote_addr and addr_pair[1] is None))]
+
+                if not addr_pairs_info:
+                    raise ValueError('can not get address information')
+
+            exceptions = []
+
+            for ((family, proto),
+                 (local_address, remote_address)) in addr_pairs_info:
+                sock = None
+                r_addr = None
+                try:
+                    sock = socket.socket(
+                        family=family, type=socket.SOCK_DGRAM, proto=proto)
+                    if reuse_port:
+                        _dg_set_reuseport(sock)
+                    if allow_broadcast:
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                    sock.setblocking(False)
+
+                    if local_addr:
+                        sock.bind(local_address)
+                    if remote_addr:
+                        if not allow_broadcast:
+                            await self._dgram_connect(sock, remote_address)
+                        r_addr = remote_address
+                except OSError as exc:
+                    if sock is not None:
+                        sock.close()
+                    exceptions.append(exc)
+                except:
+                    if sock is not None:
+                        sock.close()
+                    raise
+                else:
+                    break
+            else:
+                raise exceptions[0]
+
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_datagram_transport(
+            sock, protocol, r_addr, waiter)
+        if loop._debug:
+            if local_addr:
+                logger.info("Datagram endpoint local_addr=%r remote_addr=%r "
+                            "created: (%r, %r)",
+                            local_addr, remote_addr, transport, protocol)
+            else:
+                logger.debug("Datagram endpoint remote_addr=%r created: "
+                             "(%r, %r)",
+                             remote_addr, transport, protocol)
+
+        try:
+            await waiter
+        except:
+            transport.close()
+            raise
+
+        return transport, protocol
+
+    def _make_datagram_transport(self, sock, protocol,
+                                 address=None, waiter=None, extra=None):
+        return _new_datagram_transport(<RingLoop>self, sock, protocol, address, waiter, extra)
+
+    async def _dgram_ensure_resolved(self, address, *,
+                                     family=0, type=socket.SOCK_STREAM,
+                                     proto=0, flags=0):
+        # asyncio's BaseEventLoop._ensure_resolved: skip the resolver for
+        # numeric hosts.
+        host, port = address[:2]
+        info = _dg_ipaddr_info(host, port, family, type, proto, *address[2:])
+        if info is not None:
+            return [info]
+        return await self.getaddrinfo(host, port, family=family, type=type,
+                                      proto=proto, flags=flags)
+
+    async def _dgram_connect(self, sock, address):
+        # connect() of a datagram socket completes at once (it only records
+        # the peer); wait on the ring only if the kernel says otherwise.
+        cdef RingLoop loop = <RingLoop>self
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        await wait_fd(loop, sock.fileno(), POLLOUT)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f'Connect call failed {address}')
+
+    # -- datagram socket coroutines
+
+    async def sock_sendto(self, sock, data, address):
+        """Send a datagram from sock to address.
+
+        Return the number of bytes sent.
+        """
+        cdef RingLoop loop = <RingLoop>self
+        _dg_check_ssl_socket(sock)
+        if loop._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # The socket buffer is full: a SENDMSG on the ring waits for room.
+            try:
+                return await _sock_sendto_submit(loop, sock, data, address)
+            except (BlockingIOError, InterruptedError):
+                # io_uring gives up with EAGAIN on O_NONBLOCK sockets when a
+                # retry after its poll would still block: poll and retry.
+                pass
+        # Other families (AF_UNIX: see the MSG_DONTWAIT note in handles/udp.pyx) and
+        # the fallback above: wait for POLLOUT, then sendto(), as asyncio.
+        while True:
+            await wait_fd(loop, fd, POLLOUT)
+            try:
+                return sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram from a datagram socket.
+
+        The return value is a tuple of (bytes, address) representing the
+        datagram received and the address it came from.
+        The maximum amount of data to be received at once is specified by
+        nbytes.
+        """
+        cdef RingLoop loop = <RingLoop>self
+        _dg_check_ssl_socket(sock)
+        if loop._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recvfrom(bufsize)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        # Poll, then read: a cancelled wait has consumed nothing.
+        while True:
+            await wait_fd(loop, fd, POLLIN)
+            try:
+                return sock.recvfrom(bufsize)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive data from the socket.
+
+        The received data is written into *buf* (a writable buffer).
+        The return value is a tuple of (number of bytes written, address).
+        """
+        cdef RingLoop loop = <RingLoop>self
+        _dg_check_ssl_socket(sock)
+        if loop._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if not nbytes:
+            nbytes = len(buf)
+        try:
+            return sock.recvfrom_into(buf, nbytes)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        while True:
+            await wait_fd(loop, fd, POLLIN)
+            try:
+                return sock.recvfrom_into(buf, nbytes)
+            except (BlockingIOError, InterruptedError):
+                pass

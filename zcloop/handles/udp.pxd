@@ -1,0 +1,100 @@
+from .includes.liburing cimport msghdr, iovec
+
+
+cdef class DatagramTransport(RingTransport)
+
+
+cdef class _DgramRecv(UringOp):
+    cdef:
+        DatagramTransport transport     # set only while the RECVMSG is armed
+        char *buf
+        size_t bufsize
+        msghdr msg
+        iovec iov
+        sockaddr_storage addr
+
+
+cdef class _DgramSend(UringOp):
+    cdef:
+        DatagramTransport transport
+        object data                     # bytes, referenced until the final CQE
+        msghdr msg
+        iovec iov
+        sockaddr_storage addr
+        socklen_t addrlen
+        Py_ssize_t nbytes
+        uint64_t seq                    # sendto() order, kept across EAGAIN retries
+        uint64_t ud
+        bint zc                         # went out as SENDMSG_ZC
+        bint zc_pinned                  # counted in the pinned budgets until the final CQE
+        bint counted                    # nbytes still in the transport's buffer size
+        bint done                       # completion (first CQE) seen
+
+
+cdef class _DgramWritable(UringOp):
+    cdef DatagramTransport transport
+
+
+cdef class _SockSendto(UringOp):
+    cdef:
+        object fut
+        object data
+        msghdr msg
+        iovec iov
+        sockaddr_storage addr
+        uint64_t ud
+        RingLoop loop
+
+
+cdef class DatagramTransport(RingTransport):
+    cdef:
+        object _address                 # remote_addr given to create_datagram_endpoint
+        bint _connected                 # the socket has a peer: send without a name
+        int _family
+        Py_ssize_t _buf_bytes           # queued + in flight, for flow control
+        object _queue                   # deque of _DgramSend waiting for the next chain
+        set _inflight                   # the chain on the ring: completion not seen yet
+        uint64_t _send_seq
+        bint _flush_queued              # in loop._pending_flush
+        int _send_flags
+        uint64_t _wpoll_ud              # POLLOUT wait after EAGAIN, 0 if none
+        _DgramRecv _recv
+        uint64_t _recv_ud               # user_data of the armed RECVMSG, 0 if none
+        object _context
+        list _send_errors
+        bint _send_cb_pending
+        # one-entry cache of the last destination converted to a sockaddr
+        object _last_addr
+        sockaddr_storage _last_ss
+        socklen_t _last_sslen
+        bint _last_local
+        # zero-copy sends (zerocopy.md W2/W3/W10/W14/W15)
+        bint _zc_capable                # loop and socket family allow SENDMSG_ZC
+        bint _zc_ok                     # ... and not demoted
+        bint _zc_local_ok               # test hook: allow ZC to local peers
+        bint _peer_local
+        Py_ssize_t _zc_threshold
+        Py_ssize_t _zc_pinned
+        Py_ssize_t _st_zc_sends
+        Py_ssize_t _st_copy_sends
+        Py_ssize_t _st_zc_bytes
+        Py_ssize_t _st_copy_bytes
+        Py_ssize_t _st_zc_copied
+        Py_ssize_t _st_demotions
+
+    cdef _arm_recv(self)
+    cdef _on_recv(self, _DgramRecv op, int32_t res, uint32_t flags)
+    cdef _schedule_flush(self)
+    cdef _flush(self)
+    cdef _submit(self, _DgramSend op, bint link)
+    cdef _fill(self)
+    cdef _requeue(self, _DgramSend op, uint32_t flags)
+    cdef _arm_wpoll(self)
+    cdef _on_writable(self, int32_t res)
+    cdef Py_ssize_t _buffer_size(self)
+    cdef _force_close(self, object exc)
+    cdef _on_send(self, _DgramSend op, int32_t res, uint32_t flags)
+    cdef _demote_zc(self)
+    cdef _zc_release(self, Py_ssize_t nbytes)
+    cdef _schedule_send_cb(self)
+    cdef _cancel_all(self)
