@@ -694,6 +694,10 @@ cdef class RingLoop:
                 "than the current one")
 
     def _check_running(self):
+        if getpid() != self._owner_pid:
+            # The ring (and its in-flight requests) belong to the parent.
+            raise RuntimeError('this zcloop loop was created in another process '
+                               '(before fork()); create a new loop in the child')
         if self.is_running():
             raise RuntimeError('This event loop is already running')
         if aio_events._get_running_loop() is not None:
