@@ -771,3 +771,52 @@ def test_no_resource_warning_for_closed_transports(loop_factory):
         await srv.wait_closed()
     with no_resource_warnings():
         run(loop_factory, main)
+
+
+def test_debug_mode_connect_from_module_level():
+    """Debug mode records source tracebacks; a CQE callback scheduling a
+    handle with run_until_complete() called from module level has a
+    one-frame stack (sys._getframe(1) used to raise there)."""
+    script = (
+        'import asyncio, socket, zcloop\n'
+        'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()\n'
+        'loop = zcloop.Loop(); loop.set_debug(True)\n'
+        'tr, pr = loop.run_until_complete(\n'
+        '    loop.create_connection(asyncio.Protocol, *srv.getsockname()))\n'
+        'tr.close(); loop.run_until_complete(asyncio.sleep(0.01)); loop.close()\n'
+        'srv.close(); print("ok")\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_protocol_factory_error_closes_connection():
+    """A failing protocol_factory: the accepted connection is closed, the
+    server keeps serving, nothing reaches the exception handler (non-debug)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = []
+
+        def factory():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError('factory failed')
+            return Recorder(echo=True)
+        srv = await loop.create_server(factory, '127.0.0.1', 0)
+        port = srv.sockets[0].getsockname()[1]
+        tr, pr = await loop.create_connection(Recorder, '127.0.0.1', port)
+        exc = await pr.lost
+        first = (pr.events, type(exc).__name__ if exc else None)
+        tr2, pr2 = await loop.create_connection(Recorder, '127.0.0.1', port)
+        tr2.write(b'second')
+        assert await pr2.wait_bytes(6) == b'second'
+        tr2.close()
+        await pr2.lost
+        srv.close()
+        await srv.wait_closed()
+        assert 'closed' in repr(tr2)
+        return first
+    a, z = both(main)
+    assert a == z

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from streamutil import (
-    BufferedRecorder, Hasher, LoopFactory, Recorder, digest, echo_server, fd_count,
+    BufferedRecorder, Hasher, LoopFactory, Recorder, digest, echo_server, fd_count, free_port,
     loop_factory_fixture, loop_pair, pattern, raise_nofile, raw_peer,
     recv_all_blocking, recv_exactly_blocking, run, unix_raw_peer,
 )
@@ -661,3 +661,97 @@ def test_1000_concurrent_echo_connections(read_path_factory):
     before = fd_count()
     run(read_path_factory, main, timeout=60)
     assert fd_count() <= before
+
+
+# ----------------------------------------------------------------------
+# sock_connect / sock_sendall
+
+
+def test_sock_connect_and_sendall(loop_factory):
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(('127.0.0.1', 0))
+        lsock.listen()
+        s = socket.socket()
+        s.setblocking(False)
+        await loop.sock_connect(s, lsock.getsockname())
+        conn, _ = lsock.accept()
+        payload = pattern(8 * 1024 * 1024, seed=60)
+        reader = loop.run_in_executor(None, recv_exactly_blocking, conn, len(payload))
+        assert await loop.sock_sendall(s, payload) is None
+        assert digest(await reader) == digest(payload)
+        # A bytearray / memoryview works the same.
+        reader = loop.run_in_executor(None, recv_exactly_blocking, conn, 300_000)
+        await loop.sock_sendall(s, memoryview(bytearray(pattern(300_000, seed=61))))
+        assert await reader == pattern(300_000, seed=61)
+        s.close()
+        conn.close()
+        lsock.close()
+    run(loop_factory, main)
+
+
+def test_sock_connect_errors():
+    async def main():
+        loop = asyncio.get_running_loop()
+        out = []
+        port = free_port()
+        s = socket.socket()
+        s.setblocking(False)
+        with pytest.raises(ConnectionRefusedError) as info:
+            await loop.sock_connect(s, ('127.0.0.1', port))
+        out.append(str(info.value).replace(str(port), '<X>'))
+        s.close()
+        loop.set_debug(True)
+        b = socket.socket()                # blocking: refused in debug mode
+        with pytest.raises(ValueError) as info:
+            await loop.sock_connect(b, ('127.0.0.1', port))
+        out.append(str(info.value))
+        with pytest.raises(ValueError) as info:
+            await loop.sock_sendall(b, b'x')
+        out.append(str(info.value))
+        b.close()
+        loop.set_debug(False)
+        return out
+    a, z = both(main)
+    assert a == z
+    assert a[0] == "[Errno 111] Connect call failed ('127.0.0.1', <X>)"
+
+
+def test_sock_sendall_peer_reset(loop_factory):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.close()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            await loop.sock_sendall(a, b'x' * (4 * 1024 * 1024))
+        a.close()
+    run(loop_factory, main)
+
+
+def test_sock_sendall_cancel_keeps_buffer_alive(loop_factory):
+    """Cancel a sock_sendall blocked on a full socket: no crash, and the
+    buffer is usable again once the operation has been cancelled."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        data = bytearray(pattern(8 * 1024 * 1024, seed=62))
+        task = asyncio.create_task(loop.sock_sendall(a, data))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            try:
+                data.append(0)          # BufferError while still exported
+                break
+            except BufferError:
+                await asyncio.sleep(0.01)
+        else:
+            raise AssertionError('buffer stayed exported after cancellation')
+        a.close()
+        b.close()
+    run(loop_factory, main)

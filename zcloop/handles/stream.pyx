@@ -712,21 +712,22 @@ cdef class StreamTransport(RingTransport):
         if self._send_op is None and not self._queue:
             self._schedule_connection_lost(None)
 
-    cdef _force_close(self, object exc):
+    cpdef _force_close(self, object exc):
         if self._conn_lost:
             return
         if self._empty_waiter is not None and not self._empty_waiter.done():
             self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
         self._drop_queue(_CANCELLED if exc is None else exc)
+        if self._zc_pinned and self._sock is not None:
+            # RST instead of FIN so unacknowledged skbs stop holding pinned
+            # zero-copy pages (zerocopy.md W13), also when the request that
+            # pinned them has already completed.
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      b'\x01\x00\x00\x00\x00\x00\x00\x00')
+            except OSError:
+                pass
         if self._send_op is not None:
-            if self._zc_pinned and self._sock is not None:
-                # RST instead of FIN so the peer's ACKs stop holding pinned
-                # zero-copy pages (zerocopy.md W13).
-                try:
-                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                          b'\x01\x00\x00\x00\x00\x00\x00\x00')
-                except OSError:
-                    pass
             self._loop._cancel_op(self._send_op.ud)
         self._closing = True
         self._stop_recv()

@@ -24,7 +24,7 @@ cdef class RingTransport:
     cdef _maybe_resume_protocol(self)
     cdef _set_limits(self, object high, object low)
     cdef _fatal_error(self, object exc, str message)
-    cdef _force_close(self, object exc)
+    cpdef _force_close(self, object exc)
     cdef _schedule_connection_lost(self, object exc)
     cdef _close_socket(self)
     cdef _flush(self)

@@ -137,7 +137,7 @@ cdef class RingTransport:
             })
         self._force_close(exc)
 
-    cdef _force_close(self, object exc):
+    cpdef _force_close(self, object exc):
         # Subclasses drop queued data and cancel their ring operations first.
         if self._conn_lost:
             return

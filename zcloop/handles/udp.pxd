@@ -92,7 +92,7 @@ cdef class DatagramTransport(RingTransport):
     cdef _arm_wpoll(self)
     cdef _on_writable(self, int32_t res)
     cdef Py_ssize_t _buffer_size(self)
-    cdef _force_close(self, object exc)
+    cpdef _force_close(self, object exc)
     cdef _on_send(self, _DgramSend op, int32_t res, uint32_t flags)
     cdef _demote_zc(self)
     cdef _zc_release(self, Py_ssize_t nbytes)

@@ -624,7 +624,7 @@ cdef class DatagramTransport(RingTransport):
         self._buf_bytes = 0
         self._send_errors = []
 
-    cdef _force_close(self, object exc):
+    cpdef _force_close(self, object exc):
         if self._conn_lost:
             return
         self._cancel_all()

@@ -1,0 +1,446 @@
+"""TLS over stream transports (create_connection/create_server with ssl=,
+start_tls, handshake errors and timeouts, aiohttp over HTTPS); the same
+scenarios on asyncio's SelectorEventLoop and on zcloop."""
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+
+import pytest
+
+from streamutil import (
+    Hasher, LoopFactory, Recorder, digest, fd_count, loop_factory_fixture, pattern, run,
+    tcp_listener,
+)
+
+trustme = pytest.importorskip('trustme')
+
+loop_factory = loop_factory_fixture()
+
+
+def both(coro_fn, *args, **kwargs):
+    return (run(LoopFactory('asyncio'), coro_fn, *args, **kwargs),
+            run(LoopFactory('zcloop'), coro_fn, *args, **kwargs))
+
+
+@pytest.fixture(scope='module')
+def certs():
+    ca = trustme.CA()
+    cert = ca.issue_cert('localhost', '127.0.0.1')
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    other_ca = trustme.CA()
+    untrusting_ctx = ssl.create_default_context()
+    other_ca.configure_trust(untrusting_ctx)
+    return dict(server=server_ctx, client=client_ctx, untrusting=untrusting_ctx)
+
+
+async def tls_server(loop, certs, factory, **kwargs):
+    srv = await loop.create_server(factory, '127.0.0.1', 0, ssl=certs['server'], **kwargs)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+def test_tls_large_transfer_both_ways(loop_factory, certs):
+    """8 MiB each way at the same time."""
+    size = 8 * 1024 * 1024
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        payload = pattern(size, seed=50)
+        reply = pattern(size, seed=51)
+        got_all = loop.create_future()
+
+        class Server(Hasher):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                transport.write(reply)          # while the client uploads
+
+            def data_received(self, data):
+                super().data_received(data)
+                if self.n == size and not got_all.done():
+                    got_all.set_result(self.h.hexdigest())
+
+        srv, port = await tls_server(loop, certs, Server)
+        tr, pr = await loop.create_connection(Recorder, '127.0.0.1', port, ssl=certs['client'],
+                                              server_hostname='localhost')
+        for off in range(0, size, 256 * 1024):
+            await pr.writable.wait()
+            tr.write(payload[off:off + 256 * 1024])
+        assert await got_all == digest(payload)
+        got = await pr.wait_bytes(size)
+        assert digest(got) == digest(reply)
+        assert pr.events == ['made', 'data']
+        tr.close()
+        assert await pr.lost is None
+        srv.close()
+        await srv.wait_closed()
+    run(loop_factory, main, timeout=90)
+
+
+def test_tls_extra_info(certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+        accepted = loop.create_future()
+
+        def factory():
+            p = Recorder()
+            accepted.set_result(p)
+            return p
+        srv, port = await tls_server(loop, certs, factory)
+        tr, pr = await loop.create_connection(Recorder, '127.0.0.1', port, ssl=certs['client'],
+                                              server_hostname='localhost')
+        sp = await accepted
+        await sp.made
+        out = {}
+        obj = tr.get_extra_info('ssl_object')
+        assert isinstance(obj, ssl.SSLObject)
+        assert obj.server_hostname == 'localhost'
+        assert tr.get_extra_info('sslcontext') is certs['client']
+        peercert = tr.get_extra_info('peercert')
+        out['san'] = sorted(peercert['subjectAltName'])
+        out['cipher'] = tr.get_extra_info('cipher')
+        out['compression'] = tr.get_extra_info('compression')
+        out['version'] = obj.version()
+        out['server_peercert'] = sp.transport.get_extra_info('peercert')
+        out['server_side'] = sp.transport.get_extra_info('ssl_object').server_side
+        sock = tr.get_extra_info('socket')
+        out['socket'] = type(sock).__name__
+        assert tr.get_extra_info('peername') == ('127.0.0.1', port)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        out['can_write_eof'] = tr.can_write_eof()
+        tr.write(b'x' * 10)
+        await sp.wait_bytes(10)
+        tr.close()
+        await pr.lost
+        await sp.lost
+        srv.close()
+        await srv.wait_closed()
+        return out
+    a, z = both(main)
+    assert a == z
+    assert a['san'] == [('DNS', 'localhost'), ('IP Address', '127.0.0.1')]
+    assert a['server_peercert'] is None and a['server_side'] is True
+    assert a['can_write_eof'] is False
+
+
+def _handshake_failure(certs, ctx_name, server_hostname):
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, port = await tls_server(loop, certs, Recorder)
+        base = fd_count()
+        with pytest.raises(ssl.SSLError) as info:
+            await loop.create_connection(Recorder, '127.0.0.1', port, ssl=certs[ctx_name],
+                                         server_hostname=server_hostname)
+        exc = info.value
+        srv.close()
+        await srv.wait_closed()
+        await asyncio.sleep(0.05)
+        assert fd_count() <= base
+        return (type(exc), getattr(exc, 'verify_message', None), exc.reason)
+    return main
+
+
+def test_bad_certificate_untrusted_ca(certs):
+    a, z = both(_handshake_failure(certs, 'untrusting', 'localhost'), allow_errors=True)
+    assert a == z
+    assert a[0] is ssl.SSLCertVerificationError
+    assert issubclass(a[0], ssl.SSLError)
+
+
+def test_bad_certificate_wrong_hostname(certs):
+    a, z = both(_handshake_failure(certs, 'client', 'wrong.example'), allow_errors=True)
+    assert a == z
+    assert a[0] is ssl.SSLCertVerificationError
+    assert 'wrong.example' in a[1]
+
+
+def test_server_hostname_rules(certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+        out = []
+        for kwargs in (dict(ssl=certs['client'], sock=socket.socket()),
+                       dict(server_hostname='x', host='127.0.0.1', port=1),
+                       dict(ssl_shutdown_timeout=1, host='127.0.0.1', port=1)):
+            sock = kwargs.get('sock')
+            try:
+                await loop.create_connection(Recorder, **kwargs)
+            except ValueError as exc:
+                out.append(str(exc))
+            finally:
+                if sock is not None:
+                    sock.close()
+        return out
+    a, z = both(main)
+    assert a == z and len(a) == 3
+
+
+def test_ssl_handshake_timeout_client(certs):
+    """The server accepts TCP but never speaks TLS."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = tcp_listener()
+        port = lsock.getsockname()[1]
+        try:
+            with pytest.raises(Exception) as info:
+                await loop.create_connection(Recorder, '127.0.0.1', port, ssl=certs['client'],
+                                             server_hostname='localhost',
+                                             ssl_handshake_timeout=0.3)
+            exc = info.value
+            return type(exc), str(exc)
+        finally:
+            lsock.close()
+    a, z = both(main, allow_errors=True)
+    assert a == z
+    assert issubclass(a[0], ConnectionError)
+    assert 'SSL handshake is taking longer than 0.3 seconds' in a[1]
+
+
+def test_ssl_handshake_timeout_server(certs):
+    """A plain TCP client that never starts the handshake is dropped."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, port = await tls_server(loop, certs, Recorder, ssl_handshake_timeout=0.3)
+        tr, pr = await loop.create_connection(Recorder, '127.0.0.1', port)
+        exc = await pr.lost
+        srv.close()
+        await srv.wait_closed()
+        return pr.events, exc
+    a, z = both(main, allow_errors=True)
+    assert a == z
+    assert a[0][0] == 'made' and a[0][-1] == 'lost'
+
+
+def test_start_tls_upgrade(loop_factory, certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def handle(reader, writer):
+            assert await reader.readline() == b'STARTTLS\n'
+            writer.write(b'OK\n')
+            await writer.drain()
+            await writer.start_tls(certs['server'])
+            assert writer.get_extra_info('ssl_object') is not None
+            data = await reader.readexactly(1024 * 1024)
+            writer.write(hashlib.sha256(data).hexdigest().encode() + b'\n')
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0)
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        assert writer.get_extra_info('ssl_object') is None
+        writer.write(b'STARTTLS\n')
+        assert await reader.readline() == b'OK\n'
+        await writer.start_tls(certs['client'], server_hostname='localhost')
+        assert writer.get_extra_info('ssl_object').version().startswith('TLS')
+        data = pattern(1024 * 1024, seed=52)
+        writer.write(data)
+        await writer.drain()
+        assert (await reader.readline()).strip() == digest(data).encode()
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        srv.close()
+        await srv.wait_closed()
+    run(loop_factory, main)
+
+
+def test_start_tls_low_level(loop_factory, certs):
+    """loop.start_tls() on a Protocol-level transport, both sides."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        server_tls = loop.create_future()
+
+        class Plain(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                if bytes(self.data) == b'UPGRADE':
+                    self.data.clear()
+                    self.transport.write(b'GO')
+                    server_tls.set_result(loop.create_task(loop.start_tls(
+                        self.transport, self, certs['server'], server_side=True)))
+
+        srv = await loop.create_server(Plain, '127.0.0.1', 0)
+        port = srv.sockets[0].getsockname()[1]
+        tr, pr = await loop.create_connection(Recorder, '127.0.0.1', port)
+        tr.write(b'UPGRADE')
+        await pr.wait_bytes(2)
+        pr.data.clear()
+        new_tr = await loop.start_tls(tr, pr, certs['client'], server_hostname='localhost')
+        server_tr = await (await server_tls)
+        assert new_tr.get_extra_info('ssl_object') is not None
+        server_tr.write(b'secret')
+        assert await pr.wait_bytes(6) == b'secret'
+        new_tr.close()
+        await pr.lost
+        srv.close()
+        await srv.wait_closed()
+    run(loop_factory, main)
+
+
+def test_tls_close_during_handshake_by_peer(certs):
+    """The server accepts and closes at once: the client's handshake fails
+    with the same exception type on both loops; no fd leaks."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = tcp_listener()
+        port = lsock.getsockname()[1]
+
+        def accept_and_close():
+            conn, _ = lsock.accept()
+            conn.close()
+        base = fd_count()
+        closer = loop.run_in_executor(None, accept_and_close)
+        try:
+            with pytest.raises(Exception) as info:
+                await loop.create_connection(Recorder, '127.0.0.1', port, ssl=certs['client'],
+                                             server_hostname='localhost')
+            await closer
+        finally:
+            lsock.close()
+        await asyncio.sleep(0.05)
+        assert fd_count() <= base
+        return type(info.value)
+    a, z = both(main, allow_errors=True)
+    assert a == z
+    assert issubclass(a, (ConnectionError, ssl.SSLError))
+
+
+def test_tls_cancel_during_handshake(loop_factory, certs):
+    """Cancelling create_connection() while the handshake waits."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = tcp_listener()
+        port = lsock.getsockname()[1]
+        base = fd_count()
+        task = asyncio.create_task(loop.create_connection(
+            Recorder, '127.0.0.1', port, ssl=certs['client'], server_hostname='localhost'))
+        conn = await loop.run_in_executor(None, lambda: lsock.accept()[0])
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        data = await loop.run_in_executor(None, _recv_some, conn)
+        assert data.startswith(b'\x16\x03')          # a ClientHello arrived
+        conn.close()
+        lsock.close()
+        for _ in range(100):
+            if fd_count() <= base:
+                break
+            await asyncio.sleep(0.01)
+        assert fd_count() <= base
+    run(loop_factory, main, allow_errors=True)
+
+
+def _recv_some(sock):
+    sock.settimeout(10)
+    return sock.recv(65536)
+
+
+def test_tls_server_close_during_handshake(loop_factory, certs):
+    """Server-side transport closed by the app before the handshake ends."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, port = await tls_server(loop, certs, Recorder)
+        # A raw TCP client that sends half a ClientHello and waits.
+        s = socket.create_connection(('127.0.0.1', port))
+        s.sendall(b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03')
+        await asyncio.sleep(0.05)
+        srv.close()
+        await srv.wait_closed()
+        s.close()
+    run(loop_factory, main, allow_errors=True)
+
+
+def test_tls_connect_close_cycles_no_leak(loop_factory, certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, port = await tls_server(loop, certs, lambda: Recorder(echo=True))
+        base = fd_count()
+        for _ in range(100):
+            tr, pr = await loop.create_connection(Recorder, '127.0.0.1', port,
+                                                  ssl=certs['client'],
+                                                  server_hostname='localhost')
+            tr.write(b'ping')
+            await pr.wait_bytes(4)
+            tr.close()
+            await pr.lost
+        for _ in range(200):
+            if fd_count() <= base:
+                break
+            await asyncio.sleep(0.01)
+        assert fd_count() <= base
+        srv.close()
+        await srv.wait_closed()
+    run(loop_factory, main, timeout=60)
+
+
+# ----------------------------------------------------------------------
+# aiohttp over HTTPS
+
+
+def test_aiohttp_https(loop_factory, certs):
+    aiohttp = pytest.importorskip('aiohttp')
+    from aiohttp import web
+
+    async def main():
+        body = pattern(1024 * 1024, seed=53)
+
+        async def get(request):
+            return web.Response(body=body)
+
+        async def post(request):
+            data = await request.read()
+            return web.Response(text=f'{len(data)} {digest(data)}')
+
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_get('/blob', get)
+        app.router.add_post('/echo', post)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, '127.0.0.1', 0, ssl_context=certs['server'])
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            connector = aiohttp.TCPConnector(ssl=certs['client'])
+            async with aiohttp.ClientSession(connector=connector) as session:
+                for _ in range(3):
+                    async with session.get(f'https://localhost:{port}/blob') as resp:
+                        assert resp.status == 200
+                        assert await resp.read() == body
+                upload = pattern(2 * 1024 * 1024, seed=54)
+                async with session.post(f'https://localhost:{port}/echo', data=upload) as resp:
+                    assert await resp.text() == f'{len(upload)} {digest(upload)}'
+                with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                    await session.get(f'https://localhost:{port}/blob',
+                                      ssl=certs['untrusting'])
+        finally:
+            await runner.cleanup()
+    run(loop_factory, main, timeout=60, allow_errors=True)
+
+
+def test_connect_accepted_socket_tls(loop_factory, certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = tcp_listener()
+        port = lsock.getsockname()[1]
+        client = asyncio.create_task(loop.create_connection(
+            Recorder, '127.0.0.1', port, ssl=certs['client'], server_hostname='localhost'))
+        conn = await loop.run_in_executor(None, lambda: lsock.accept()[0])
+        lsock.close()
+        str_, spr = await loop.connect_accepted_socket(
+            lambda: Recorder(echo=True), conn, ssl=certs['server'], ssl_handshake_timeout=10)
+        tr, pr = await client
+        assert str_.get_extra_info('ssl_object').server_side
+        tr.write(b'over tls')
+        assert await pr.wait_bytes(8) == b'over tls'
+        tr.close()
+        await pr.lost
+        await spr.lost
+    run(loop_factory, main)
