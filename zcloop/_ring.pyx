@@ -425,7 +425,11 @@ cdef class RingLoop:
             self._slot_nfree += 1
             Py_DECREF(op)
         if self._closed:
-            return 0        # draining in close(): only release memory
+            # Draining in close(): only release memory, and what on_close()
+            # releases (a child watcher's pidfd) for requests that end here.
+            if not (cqe.flags & IORING_CQE_F_MORE):
+                op.on_close(self)
+            return 0
         return op.on_cqe(self, ud, cqe.res, cqe.flags)
 
     cdef _drain_ring(self, double deadline):
