@@ -155,7 +155,9 @@ cdef class RingLoop:
         self._fd_watchers = {}
         self._pending_polls = []
         self._pending_flush = []
-        self._transports = {}
+        # Weak values, as asyncio: a transport nobody references (after
+        # loop.close()) is collected and closes its socket.
+        self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}
         self._buf_size = 64 * 1024
         self._buf_count = 256
