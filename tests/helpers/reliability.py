@@ -50,6 +50,29 @@ def fd_set():
     return out
 
 
+def describe_fds(fds):
+    """{fd: "socket:[..] ('127.0.0.1', 4242) -> peer"} for assertion messages."""
+    import socket
+    out = {}
+    for fd, target in fds.items():
+        desc = target
+        if target.startswith("socket:"):
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+                try:
+                    desc += f" {s.family.name} {s.type.name} {s.getsockname()!r}"
+                    try:
+                        desc += f" -> {s.getpeername()!r}"
+                    except OSError:
+                        pass
+                finally:
+                    s.close()
+            except OSError:
+                pass
+        out[fd] = desc
+    return out
+
+
 def rss_kib():
     with open("/proc/self/status") as f:
         for line in f:
