@@ -92,7 +92,7 @@ cdef class RingLoop:
         uint32_t _buf_count             # ring capacity
         uint32_t _buf_provided          # buffers handed to the kernel so far
 
-        dict _transports                # fd -> transport, as selector_events
+        object _transports              # fd -> transport, weak values as selector_events
         dict _unix_server_sockets       # listening AF_UNIX socket -> inode
 
         # zero-copy sends (zerocopy.md W1, W10)

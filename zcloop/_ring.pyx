@@ -156,7 +156,9 @@ cdef class RingLoop:
         self._fd_watchers = {}
         self._pending_polls = []
         self._pending_flush = []
-        self._transports = {}
+        # Weak values, as asyncio: a transport nobody references (after
+        # loop.close()) is collected and closes its socket.
+        self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}
         self._buf_size = 64 * 1024
         self._buf_count = 256
@@ -225,6 +227,7 @@ cdef class RingLoop:
         cdef int ret = 0
         cdef int op
         cdef uint32_t flags
+        cdef unsigned sq
         ladder = []
         if self._feature('single_issuer') and self._feature('defer_taskrun'):
             ladder.append(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
@@ -243,6 +246,15 @@ cdef class RingLoop:
                 params.flags = flags
                 params.cq_entries = CQ_ENTRIES
                 ret = io_uring_queue_init_params(SQ_ENTRIES, &self._ring, &params)
+                sq = SQ_ENTRIES
+                while ret == -ENOMEM and sq > 32:
+                    # Without CAP_IPC_LOCK, recent kernels (6.18 here) charge
+                    # the rings to RLIMIT_MEMLOCK again: take smaller ones.
+                    sq //= 2
+                    memset(&params, 0, sizeof(params))
+                    params.flags = flags
+                    params.cq_entries = 4 * sq
+                    ret = io_uring_queue_init_params(sq, &self._ring, &params)
                 if ret == 0:
                     break
                 if ret != -EINVAL:
@@ -322,7 +334,12 @@ cdef class RingLoop:
         self._slot_cap = new
 
     cdef io_uring_sqe *_sqe(self) except NULL:
-        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self._ring)
+        cdef io_uring_sqe *sqe
+        if not self._ring_ready:
+            # The ring is gone (loop closed): e.g. resume_reading() on a
+            # transport of a closed loop.  asyncio raises the same.
+            raise RuntimeError('Event loop is closed')
+        sqe = io_uring_get_sqe(&self._ring)
         if sqe == NULL:
             # SQ full: push what is queued to the kernel and take a fresh one.
             io_uring_submit(&self._ring)
@@ -423,7 +440,11 @@ cdef class RingLoop:
             self._slot_nfree += 1
             Py_DECREF(op)
         if self._closed:
-            return 0        # draining in close(): only release memory
+            # Draining in close(): only release memory, and what on_close()
+            # releases (a child watcher's pidfd) for requests that end here.
+            if not (cqe.flags & IORING_CQE_F_MORE):
+                op.on_close(self)
+            return 0
         return op.on_cqe(self, ud, cqe.res, cqe.flags)
 
     cdef _drain_ring(self, double deadline):
@@ -641,8 +662,8 @@ cdef class RingLoop:
             timeout = 0
         elif scheduled:
             timeout = (<TimerHandle>scheduled[0])._when - self._time()
-            if timeout < 0:
-                timeout = 0
+            if not timeout >= 0:
+                timeout = 0         # also NaN: asyncio runs such a timer at once
             elif timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
         self._wait(timeout)
@@ -969,7 +990,7 @@ cdef class RingLoop:
 
     def set_default_executor(self, executor):
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError('executor must be ThreadPoolExecutor')
+            raise TypeError('executor must be ThreadPoolExecutor instance')
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None):

@@ -161,7 +161,14 @@ class _SendfileAPI:
                     break       # EOF: the file is shorter than asked
                 moved = 0
                 while moved < filled:
-                    n = await ring_splice(<RingLoop>self, pipe_r, -1, sock_fd, filled - moved)
+                    try:
+                        n = await ring_splice(<RingLoop>self, pipe_r, -1, sock_fd,
+                                              filled - moved)
+                    except BlockingIOError:
+                        # The socket is non-blocking and full (slow reader):
+                        # SPLICE gives EAGAIN rather than waiting.
+                        await wait_fd(<RingLoop>self, sock_fd, POLLOUT)
+                        continue
                     if n == 0:
                         raise BrokenPipeError(errno_mod.EPIPE, 'socket closed during sendfile')
                     moved += n
