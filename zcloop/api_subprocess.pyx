@@ -12,6 +12,16 @@ cdef class _ChildExitOp(UringOp):
         object transport
         uint64_t ud
 
+    def __cinit__(self):
+        self.pidfd = -1
+
+    def __dealloc__(self):
+        # Final CQE reaped while the loop closes (no on_cqe then): the slot
+        # drops the op, and with it the pidfd.
+        if self.pidfd >= 0:
+            close(self.pidfd)
+            self.pidfd = -1
+
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
         self.ud = 0
