@@ -161,7 +161,13 @@ class _SendfileAPI:
                     break       # EOF: the file is shorter than asked
                 moved = 0
                 while moved < filled:
-                    n = await ring_splice(<RingLoop>self, pipe_r, -1, sock_fd, filled - moved)
+                    try:
+                        n = await ring_splice(<RingLoop>self, pipe_r, -1, sock_fd,
+                                              filled - moved)
+                    except BlockingIOError:
+                        # The socket is non-blocking and its buffer is full.
+                        await wait_fd(<RingLoop>self, sock_fd, POLLOUT)
+                        continue
                     if n == 0:
                         raise BrokenPipeError(errno_mod.EPIPE, 'socket closed during sendfile')
                     moved += n
