@@ -222,7 +222,10 @@ class _SendfileAPI:
             raise RuntimeError("Transport is closing")
         native = isinstance(transport, StreamTransport) and not (
             <StreamTransport>transport)._is_pipe
-        if not native and not hasattr(transport, 'get_write_buffer_limits'):
+        if not native and getattr(transport, '_sendfile_compatible', None) not in (
+                aio_constants._SendfileMode.FALLBACK, aio_constants._SendfileMode.TRY_NATIVE):
+            # As asyncio: pipes and datagram transports have no sendfile;
+            # TLS transports say FALLBACK.
             raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
         if native:
             try:
