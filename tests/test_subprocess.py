@@ -767,6 +767,7 @@ def test_protocol_stdin_hangup(loop_factory, size):
         buffered = stdin.get_write_buffer_size()
         transport.kill()
         await proto.done
+        transport.close()
         return hangup, buffered, bytes(proto.data[1])
 
     hangup, buffered, out = _run(loop_factory, main)
