@@ -98,6 +98,13 @@ class _SendfileFallbackProtocol(aio_protocols.Protocol):
             self._proto.resume_writing()
 
 
+def _seekable(file):
+    # A pipe (fallback copy) has no position to restore: seek() would fail
+    # after the data went out.
+    seekable = getattr(file, 'seekable', None)
+    return seekable is None or seekable()
+
+
 def _check_sendfile_params(sock, file, offset, count):
     if 'b' not in getattr(file, 'mode', 'b'):
         raise ValueError("file should be opened in binary mode")
@@ -207,7 +214,7 @@ class _SendfileAPI:
                 total_sent += read
             return total_sent
         finally:
-            if total_sent > 0 and hasattr(file, 'seek'):
+            if total_sent > 0 and hasattr(file, 'seek') and _seekable(file):
                 file.seek(offset + total_sent)
 
     async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
@@ -216,7 +223,10 @@ class _SendfileAPI:
             raise RuntimeError("Transport is closing")
         native = isinstance(transport, StreamTransport) and not (
             <StreamTransport>transport)._is_pipe
-        if not native and not hasattr(transport, 'get_write_buffer_limits'):
+        if not native and getattr(transport, '_sendfile_compatible', None) not in (
+                aio_constants._SendfileMode.FALLBACK, aio_constants._SendfileMode.TRY_NATIVE):
+            # As asyncio: pipes and datagram transports have no sendfile;
+            # TLS transports say FALLBACK.
             raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
         if native:
             try:
@@ -264,6 +274,6 @@ class _SendfileAPI:
                 transp.write(view[:read])
                 total_sent += read
         finally:
-            if total_sent > 0 and hasattr(file, 'seek'):
+            if total_sent > 0 and hasattr(file, 'seek') and _seekable(file):
                 file.seek(offset + total_sent)
             await proto.restore()

@@ -639,7 +639,10 @@ cdef class StreamTransport(RingTransport):
             if self._eof:
                 self._shutdown_write()
             if self._closing and self._send_op is None:
-                self._schedule_connection_lost(None)
+                # asyncio resumes the protocol before connection_lost().
+                self._maybe_resume_protocol()
+                if not self._queue:         # resume_writing() may write more
+                    self._schedule_connection_lost(None)
                 return
         self._maybe_resume_protocol()
 
