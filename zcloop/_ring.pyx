@@ -728,7 +728,8 @@ cdef class RingLoop:
 
     def _check_running(self):
         if getpid() != self._owner_pid:
-            # The ring (and its in-flight requests) belong to the parent.
+            # The child of a fork() shares the ring's memory with the parent:
+            # submitting from here would corrupt the parent's loop.
             raise RuntimeError('this zcloop loop was created in another process '
                                '(before fork()); create a new loop in the child')
         if self.is_running():
@@ -736,12 +737,6 @@ cdef class RingLoop:
         if aio_events._get_running_loop() is not None:
             raise RuntimeError(
                 'Cannot run the event loop while another loop is running')
-        if getpid() != self._owner_pid:
-            # The child of a fork() shares the ring's memory with the parent:
-            # submitting from here would corrupt the parent's loop.
-            raise RuntimeError(
-                'this zcloop loop was created in another process and its io_uring is '
-                'shared with that process since fork(); create a new loop in the child')
         # Refuse a thread that can't drive the ring before
         # run_until_complete() wraps its coroutine in a task.
         self._enable_ring()
