@@ -2,38 +2,16 @@
 # so neither disk reads nor a full socket ever block the loop (uvloop has no
 # sendfile at all).  Non-regular files fall back to read + send.
 
-cdef class _SpliceOp(UringOp):
-    cdef:
-        object fut
-        uint64_t ud
-        RingLoop loop
-
-    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
-                    uint32_t flags) except -1:
-        self.ud = 0
-        if self.fut.done():
-            return 0
-        if res < 0:
-            self.fut.set_exception(OSError(-res, os.strerror(-res)))
-        else:
-            self.fut.set_result(res)
-        return 0
-
-    def _cancelled(self, fut):
-        if fut.cancelled() and self.ud:
-            self.loop._cancel_op(self.ud)
+cdef class _SpliceOp(_FutureOp):
+    # One SPLICE; the future gets the byte count.
+    pass
 
 
 cdef object ring_splice(RingLoop loop, int fd_in, int64_t off_in, int fd_out, unsigned nbytes):
     cdef _SpliceOp op = _SpliceOp()
     cdef io_uring_sqe *sqe = loop._sqe()
     io_uring_prep_splice(sqe, fd_in, off_in, fd_out, -1, nbytes, SPLICE_F_MOVE)
-    op.loop = loop
-    op.fut = loop.create_future()
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
-    op.fut.add_done_callback(op._cancelled)
-    return op.fut
+    return op._track_future(loop, sqe)
 
 
 cdef int SPLICE_PIPE_SIZE = 1024 * 1024

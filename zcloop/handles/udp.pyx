@@ -152,37 +152,10 @@ cdef class _DgramWritable(UringOp):
         return 0
 
 
-@cython.final
-cdef class _SockSendto(UringOp):
+cdef class _SockSendto(_FutureOp):
     # loop.sock_sendto() when the direct sendto() would block: one SENDMSG
-    # with the destination, resolving ``fut`` with the byte count.
-
-    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
-                    uint32_t flags) except -1:
-        fut = self.fut
-        self.fut = None
-        self.loop = None
-        self.ud = 0
-        if fut is None or fut.done():
-            return 0
-        if res >= 0:
-            fut.set_result(res)
-        elif res == -ECANCELED:
-            fut.cancel()
-        else:
-            fut.set_exception(OSError(-res, os.strerror(-res)))
-        return 0
-
-    cdef int on_close(self, RingLoop loop) except -1:
-        self.fut = None
-        self.loop = None
-        self.ud = 0
-        return 0
-
-    def _fut_done(self, fut):
-        cdef RingLoop loop = self.loop
-        if self.ud and loop is not None:
-            loop._cancel_op(self.ud)
+    # with the destination, resolving the future with the byte count.
+    pass
 
 
 cdef object _sock_sendto_submit(RingLoop loop, object sock, object data, object address):
@@ -203,15 +176,9 @@ cdef object _sock_sendto_submit(RingLoop loop, object sock, object data, object 
     op.msg.msg_control = NULL
     op.msg.msg_controllen = 0
     op.msg.msg_flags = 0
-    fut = aio_futures.Future(loop=loop)
     sqe = loop._sqe()
     io_uring_prep_sendmsg(sqe, sock.fileno(), &op.msg, MSG_NOSIGNAL)
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
-    op.loop = loop
-    op.fut = fut
-    fut.add_done_callback(op._fut_done)
-    return fut
+    return op._track_future(loop, sqe)
 
 
 cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, object protocol,
