@@ -78,24 +78,16 @@ class _PipesAPI:
 
     async def connect_read_pipe(self, protocol_factory, pipe):
         """Register the read end of pipe in the event loop."""
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = ReadPipeTransport.__new__(ReadPipeTransport)
-        transport._init(self, pipe, protocol, waiter, None)
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
-        if (<RingLoop>self)._debug:
-            logger.debug('Read pipe %r connected: (%r, %r)', pipe.fileno(), transport, protocol)
-        return transport, protocol
+        return await self._connect_pipe(ReadPipeTransport, 'Read', protocol_factory, pipe)
 
     async def connect_write_pipe(self, protocol_factory, pipe):
         """Register the write end of pipe in the event loop."""
+        return await self._connect_pipe(WritePipeTransport, 'Write', protocol_factory, pipe)
+
+    async def _connect_pipe(self, transport_class, kind, protocol_factory, pipe):
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = WritePipeTransport.__new__(WritePipeTransport)
+        transport = transport_class.__new__(transport_class)
         transport._init(self, pipe, protocol, waiter, None)
         try:
             await waiter
@@ -103,7 +95,8 @@ class _PipesAPI:
             transport.close()
             raise
         if (<RingLoop>self)._debug:
-            logger.debug('Write pipe %r connected: (%r, %r)', pipe.fileno(), transport, protocol)
+            logger.debug('%s pipe %r connected: (%r, %r)', kind, pipe.fileno(), transport,
+                         protocol)
         return transport, protocol
 
     async def subprocess_shell(self, protocol_factory, cmd, *, stdin=subprocess.PIPE,

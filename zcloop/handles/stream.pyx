@@ -745,16 +745,7 @@ cdef class StreamTransport(RingTransport):
                 if type(entry) is _Pinned:
                     (<_Pinned>entry).handle._set_sent(
                         exc if exc is not None else ConnectionAbortedError('Transport aborted'))
-        try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
-        finally:
-            self._close_socket()
-            self._protocol = None
-            server = self._server
-            if server is not None:
-                self._server = None
-                server._detach(self)
+        RingTransport._call_connection_lost(self, exc)
 
     # ------------------------------------------------------------------
     # Zero-copy tuning and statistics (zerocopy.md W15)
