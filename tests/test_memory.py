@@ -167,10 +167,16 @@ def test_no_reference_leak_over_100k_operations():
         snap1 = tracemalloc.take_snapshot()
         tracemalloc.stop()
         counts1 = zcloop_object_counts()
+        # The receive buffer ring's bytes objects are handed to
+        # data_received() and replaced by new ones: tracemalloc (started
+        # after the ring was filled) sees the replacements but not the
+        # originals going away.  The ring is bounded; it is not a leak.
+        ring_growth = (loop.zc_stats()['recv_buffers'] *
+                       loop.zc_stats()['recv_buffer_size'])
         await _teardown_env(env)
-        return done, dt, counts0, counts1, snap0, snap1
+        return done, dt, counts0, counts1, snap0, snap1, ring_growth
 
-    (ops, dt, counts0, counts1, snap0, snap1), errors = run_zcloop(main)
+    (ops, dt, counts0, counts1, snap0, snap1, ring_growth), errors = run_zcloop(main)
     filters = [tracemalloc.Filter(False, tracemalloc.__file__),
                tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
                tracemalloc.Filter(False, "*/linecache.py")]
@@ -186,7 +192,7 @@ def test_no_reference_leak_over_100k_operations():
     # One object per 1000 operations would show here; a leak per operation
     # would be ~100k objects.
     assert all(v <= 10 for v in grown_types.values()), grown_types
-    assert growth < 512 * 1024, top
+    assert growth < 512 * 1024 + ring_growth, top
 
 
 @pytest.mark.timeout(scale(240, 3600))

@@ -86,7 +86,7 @@ cdef class RingLoop:
 
         # loop-wide provided-buffer ring for multishot receives
         io_uring_buf_ring *_buf_ring
-        char *_buf_base
+        PyObject **_buf_objs            # bid -> the bytes object the kernel fills
         size_t _buf_map_len
         uint32_t _buf_size
         uint32_t _buf_count             # ring capacity
@@ -135,6 +135,10 @@ cdef class RingLoop:
     cdef bint _ensure_buf_ring(self) except -1
     cdef _recycle_buf(self, unsigned bid)
     cdef _grow_buf_ring(self)
+    cdef _buf_provide_new(self, unsigned bid, int offset)
+    cdef char *_buf_ptr(self, unsigned bid)
+    cdef bytes _buf_take(self, unsigned bid, Py_ssize_t n)
+    cdef _free_buf_ring(self, bint leak)
     cdef bint _zc_reserve(self, Py_ssize_t nbytes)
     cdef _zc_unreserve(self, Py_ssize_t nbytes)
     cdef _schedule_poll(self, _FdWatcher watcher)

@@ -6,7 +6,7 @@
 cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.mem cimport PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from libc.string cimport memset, memcpy
 
@@ -18,7 +18,7 @@ from cpython.buffer cimport (
     PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS)
 from .includes.python cimport (
     PyContext_Enter, PyContext_Exit, PyContext_CopyCurrent, PyErr_CheckSignals,
-    PyThread_get_thread_ident)
+    PyThread_get_thread_ident, _PyBytes_Resize)
 
 import collections
 import collections.abc
@@ -77,6 +77,7 @@ cdef unsigned CQ_ENTRIES = 4096
 # The loop-wide provided-buffer ring for multishot receives (R1).
 cdef int ZC_BGID = 0
 cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
+cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
@@ -122,7 +123,7 @@ cdef class RingLoop:
         self._slot_next_gen = 1
         self._wake_fd = -1
         self._buf_ring = NULL
-        self._buf_base = NULL
+        self._buf_objs = NULL
         self._thread_id = 0
         memset(self._op_supported, 0, sizeof(self._op_supported))
 
@@ -516,10 +517,9 @@ cdef class RingLoop:
                            'close; their buffers are kept alive forever', leaked)
         self._ring_ready = False
         io_uring_queue_exit(&self._ring)
-        if self._buf_ring != NULL:
-            munmap(<void*>self._buf_ring, self._buf_map_len)
-            self._buf_ring = NULL
-            self._buf_base = NULL
+        # With requests left in flight the kernel may still pick and fill a
+        # provided buffer: keep them (and the ring memory) forever then.
+        self._free_buf_ring(leaked > 0 or forked)
 
     def _reset_pinned_transports(self):
         # Zero-copy pages sent to a peer that does not read are released
@@ -548,8 +548,8 @@ cdef class RingLoop:
         return 1.0 if self._zc_pinned_total else 0.25
 
     cdef bint _ensure_buf_ring(self) except -1:
-        """Create the loop-wide provided-buffer ring on first use; False when
-        it cannot be used (feature off, registration refused)."""
+        """Register the loop-wide provided-buffer ring on first use; False
+        when it cannot be used (feature off, registration refused)."""
         cdef int err = 0
         if self._buf_ring != NULL:
             return True
@@ -558,34 +558,86 @@ cdef class RingLoop:
         if not self._feature('buf_ring'):
             self._buf_count = 0
             return False
-        self._buf_ring = zc_buf_ring_setup(&self._ring, self._buf_count, self._buf_size,
-                                           ZC_BGID, 0, BUF_RING_STEP, &self._buf_base,
-                                           &self._buf_map_len, &err)
+        self._buf_ring = zc_buf_ring_register(&self._ring, self._buf_count, ZC_BGID, 0,
+                                              &self._buf_map_len, &err)
         if self._buf_ring == NULL:
             logger.info('zcloop: provided-buffer ring unavailable (%s); using one-shot '
                         'receives', os.strerror(-err))
             self._buf_count = 0
             return False
-        self._buf_provided = BUF_RING_STEP
+        self._buf_objs = <PyObject**>PyMem_Calloc(self._buf_count, sizeof(PyObject*))
+        if self._buf_objs == NULL:
+            raise MemoryError()
+        self._buf_provided = 0
+        self._grow_buf_ring()
         return True
 
+    # The buffers are bytes objects: a receive of BUF_HANDOVER_MIN bytes or
+    # more is handed to data_received() as the very object the kernel
+    # filled (no copy) and a fresh one takes its place; malloc hands back
+    # recently freed memory, so buffers stay cache-hot.  Smaller receives are
+    # copied out and the buffer provided again at once.
+
     cdef _grow_buf_ring(self):
-        # The ring is a FIFO: every provided buffer is cycled through, so
-        # fewer buffers stay hot in the CPU caches (with 256 x 64 KiB the
-        # 100 KiB echo cost 50% more CPU).  Start with a few and add more
-        # only when the kernel ran out (ENOBUFS).
-        cdef unsigned n
+        # The ring is a FIFO, so every provided buffer is cycled through:
+        # start with a few and add more only when the kernel ran out
+        # (ENOBUFS); with 256 x 64 KiB from the start the 100 KiB echo cost
+        # about 40% more CPU.
+        cdef unsigned n, i
         if self._buf_ring == NULL or self._buf_provided >= self._buf_count:
             return
         n = min(BUF_RING_STEP, self._buf_count - self._buf_provided)
-        zc_buf_ring_provide(self._buf_ring, self._buf_base, self._buf_size, self._buf_count,
-                            self._buf_provided, n)
+        for i in range(n):
+            self._buf_provide_new(self._buf_provided + i, i)
+        zc_buf_ring_commit(self._buf_ring, n)
         self._buf_provided += n
+
+    cdef _buf_provide_new(self, unsigned bid, int offset):
+        cdef object obj = PyBytes_FromStringAndSize(NULL, self._buf_size)
+        Py_INCREF(obj)
+        self._buf_objs[bid] = <PyObject*>obj
+        zc_buf_ring_push(self._buf_ring, PyBytes_AS_STRING(obj), self._buf_size, bid,
+                         self._buf_count, offset)
+
+    cdef char *_buf_ptr(self, unsigned bid):
+        return PyBytes_AS_STRING(<object>self._buf_objs[bid])
 
     cdef _recycle_buf(self, unsigned bid):
         if self._buf_ring != NULL:
-            zc_buf_ring_recycle(self._buf_ring, self._buf_base, self._buf_size,
-                                self._buf_count, bid)
+            zc_buf_ring_push(self._buf_ring, self._buf_ptr(bid), self._buf_size, bid,
+                             self._buf_count, 0)
+            zc_buf_ring_commit(self._buf_ring, 1)
+
+    cdef bytes _buf_take(self, unsigned bid, Py_ssize_t n):
+        """The ``n`` bytes the kernel put in buffer ``bid``, as bytes; the
+        buffer is provided again (or replaced) before this returns."""
+        cdef PyObject *filled
+        cdef object result
+        if n < BUF_HANDOVER_MIN:
+            result = PyBytes_FromStringAndSize(self._buf_ptr(bid), n)
+            self._recycle_buf(bid)
+            return result
+        filled = self._buf_objs[bid]          # our only reference
+        self._buf_objs[bid] = NULL
+        self._buf_provide_new(bid, 0)
+        zc_buf_ring_commit(self._buf_ring, 1)
+        _PyBytes_Resize(&filled, n)           # in place: shrinks the allocation
+        result = <object>filled
+        Py_DECREF(result)
+        return result
+
+    cdef _free_buf_ring(self, bint leak):
+        cdef uint32_t i
+        if self._buf_ring == NULL:
+            return
+        if not leak:
+            for i in range(self._buf_count):
+                if self._buf_objs[i] != NULL:
+                    Py_DECREF(<object>self._buf_objs[i])
+            PyMem_Free(self._buf_objs)
+            munmap(<void*>self._buf_ring, self._buf_map_len)
+        self._buf_objs = NULL
+        self._buf_ring = NULL
 
     cdef bint _zc_reserve(self, Py_ssize_t nbytes):
         if self._zc_pinned_total + nbytes > self._zc_budget:
@@ -604,6 +656,8 @@ cdef class RingLoop:
             'threshold': self.zc_threshold,
             'pinned_bytes': self._zc_pinned_total,
             'budget': self._zc_budget,
+            'recv_buffers': self._buf_provided,
+            'recv_buffer_size': self._buf_size,
         }
 
     def features(self):

@@ -249,22 +249,33 @@ cdef class StreamTransport(RingTransport):
         cdef RingLoop loop = self._loop
         cdef bint final = not (flags & IORING_CQE_F_MORE)
         cdef unsigned bid
+        cdef bint pending_buf = flags & IORING_CQE_F_BUFFER
+        cdef bint stash
         cdef const char *data = NULL
         if final and ud == self._recv_ud:
             self._recv_ud = 0
-        if flags & IORING_CQE_F_BUFFER:
+        if pending_buf:
             bid = flags >> IORING_CQE_BUFFER_SHIFT
-            data = loop._buf_base + <size_t>bid * loop._buf_size
+            data = loop._buf_ptr(bid)
         elif res > 0:
             data = self._rbuf
         try:
             if res > 0 and self._conn_lost == 0 and self._protocol is not None:
-                if self._paused or self._paused_data:
-                    self._paused_data.append(PyBytes_FromStringAndSize(data, res))
-                else:
+                stash = self._paused or bool(self._paused_data)
+                if self._buffered and not stash:
                     self._deliver(data, res, None)
+                else:
+                    if pending_buf:
+                        pending_buf = False
+                        obj = loop._buf_take(bid, res)
+                    else:
+                        obj = PyBytes_FromStringAndSize(data, res)
+                    if stash:
+                        self._paused_data.append(obj)
+                    else:
+                        self._deliver(NULL, res, obj)
         finally:
-            if flags & IORING_CQE_F_BUFFER:
+            if pending_buf:
                 loop._recycle_buf(bid)
         if not final or self._conn_lost or self._sock is None:
             return

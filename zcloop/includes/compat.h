@@ -62,26 +62,20 @@ static inline unsigned zc_reap(struct io_uring *ring, zc_cqe *out, unsigned max)
     return n;
 }
 
-/* Provided-buffer ring with room for `entries` buffers of `buf_size` bytes
- * (group `bgid`), of which the first `initial` are provided now.  Returns the
- * ring (buffer memory follows it in the same mapping, touched only when used)
- * or NULL with -errno in *err.  liburing 2.3 ignores the flags argument of
- * io_uring_register_buf_ring, so flags go into reg.pad (newer: reg.flags). */
+/* Register an empty provided-buffer ring with room for `entries` buffers
+ * (group `bgid`); buffers are added with zc_buf_ring_push + _commit.  Returns
+ * the ring memory or NULL with -errno in *err.  liburing 2.3 ignores the flags
+ * argument of io_uring_register_buf_ring, so flags go into reg.pad (newer:
+ * reg.flags). */
 static inline struct io_uring_buf_ring *
-zc_buf_ring_setup(struct io_uring *ring, unsigned entries, unsigned buf_size,
-                  int bgid, unsigned short flags, unsigned initial, char **bufs_out,
-                  size_t *map_len, int *err)
+zc_buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
+                     unsigned short flags, size_t *map_len, int *err)
 {
     struct io_uring_buf_reg reg;
     struct io_uring_buf_ring *br;
-    size_t ring_bytes = entries * sizeof(struct io_uring_buf);
-    size_t len;
-    char *bufs;
-    unsigned i;
+    size_t len = (entries * sizeof(struct io_uring_buf) + 4095) & ~((size_t)4095);
     int ret;
 
-    ring_bytes = (ring_bytes + 4095) & ~((size_t)4095);
-    len = ring_bytes + (size_t)entries * buf_size;
     br = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (br == MAP_FAILED) {
         *err = -errno;
@@ -99,36 +93,22 @@ zc_buf_ring_setup(struct io_uring *ring, unsigned entries, unsigned buf_size,
         return NULL;
     }
     io_uring_buf_ring_init(br);
-    bufs = (char *)br + ring_bytes;
-    for (i = 0; i < initial; i++)
-        io_uring_buf_ring_add(br, bufs + (size_t)i * buf_size, buf_size, i,
-                              io_uring_buf_ring_mask(entries), i);
-    io_uring_buf_ring_advance(br, initial);
-    *bufs_out = bufs;
     *map_len = len;
     *err = 0;
     return br;
 }
 
-/* Provide buffers [first, first + count) for the first time. */
-static inline void zc_buf_ring_provide(struct io_uring_buf_ring *br, char *bufs,
-                                       unsigned buf_size, unsigned entries,
-                                       unsigned first, unsigned count)
+/* Stage buffer `bid` at `addr`; the `offset`-th of a batch made visible to
+ * the kernel by zc_buf_ring_commit(br, batch size). */
+static inline void zc_buf_ring_push(struct io_uring_buf_ring *br, void *addr, unsigned len,
+                                    unsigned bid, unsigned entries, int offset)
 {
-    unsigned i;
-    for (i = 0; i < count; i++)
-        io_uring_buf_ring_add(br, bufs + (size_t)(first + i) * buf_size, buf_size,
-                              first + i, io_uring_buf_ring_mask(entries), i);
-    io_uring_buf_ring_advance(br, count);
+    io_uring_buf_ring_add(br, addr, len, bid, io_uring_buf_ring_mask(entries), offset);
 }
 
-/* Give buffer `bid` back to the kernel. */
-static inline void zc_buf_ring_recycle(struct io_uring_buf_ring *br, char *bufs,
-                                       unsigned buf_size, unsigned entries, unsigned bid)
+static inline void zc_buf_ring_commit(struct io_uring_buf_ring *br, unsigned count)
 {
-    io_uring_buf_ring_add(br, bufs + (size_t)bid * buf_size, buf_size, bid,
-                          io_uring_buf_ring_mask(entries), 0);
-    io_uring_buf_ring_advance(br, 1);
+    io_uring_buf_ring_advance(br, count);
 }
 
 static inline int zc_opcode_supported(struct io_uring_probe *p, int op)

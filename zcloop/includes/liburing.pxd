@@ -130,13 +130,11 @@ cdef extern from "compat.h" nogil:
                               int64_t off_out, unsigned nbytes, unsigned splice_flags)
 
     # provided buffer rings (helpers in compat.h)
-    io_uring_buf_ring *zc_buf_ring_setup(io_uring *ring, unsigned entries, unsigned buf_size,
-                                         int bgid, unsigned short flags, unsigned initial,
-                                         char **bufs_out, size_t *map_len, int *err)
-    void zc_buf_ring_provide(io_uring_buf_ring *br, char *bufs, unsigned buf_size,
-                             unsigned entries, unsigned first, unsigned count)
-    void zc_buf_ring_recycle(io_uring_buf_ring *br, char *bufs, unsigned buf_size,
-                             unsigned entries, unsigned bid)
+    io_uring_buf_ring *zc_buf_ring_register(io_uring *ring, unsigned entries, int bgid,
+                                            unsigned short flags, size_t *map_len, int *err)
+    void zc_buf_ring_push(io_uring_buf_ring *br, void *addr, unsigned len, unsigned bid,
+                          unsigned entries, int offset)
+    void zc_buf_ring_commit(io_uring_buf_ring *br, unsigned count)
     int io_uring_unregister_buf_ring(io_uring *ring, int bgid)
 
     # setup flags

@@ -12,3 +12,4 @@ cdef extern from "Python.h":
     int PyBUF_WRITABLE
     int PyBUF_C_CONTIGUOUS
     int PyBUF_ANY_CONTIGUOUS
+    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
