@@ -178,7 +178,9 @@ class _SendfileAPI:
                     if n == 0:
                         raise BrokenPipeError(errno_mod.EPIPE, 'socket closed during sendfile')
                     moved += n
-                total_sent += filled
+                    # Counted as it reaches the socket: the file position
+                    # after an error is offset + what the socket accepted.
+                    total_sent += n
             return total_sent
         except OSError as exc:
             if total_sent == 0 and exc.errno in (errno_mod.EINVAL, errno_mod.ENOSYS,
