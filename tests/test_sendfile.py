@@ -859,6 +859,53 @@ def test_peer_closes_mid_sendfile(loop_factory, bigfile, api):
 
 
 @pytest.mark.parametrize('api', ['transport', 'sock'])
+def test_file_grows_during_sendfile(loop_factory, tmp_path, api):
+    """Without count, sendfile goes on to the end of the file as it is when
+    it gets there (asyncio sends until sendfile() returns 0), not to the
+    size the file had at the call: bytes appended while the peer is not
+    reading are sent too."""
+    path = tmp_path / 'growing'
+    first = os.urandom(16 << 20)
+    more = os.urandom(1 << 20)
+    path.write_bytes(first)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client, server = tcp_pair()
+        gate = threading.Event()
+        rx = Receiver(server, gate=gate)
+        if api == 'transport':
+            transport, proto = await _connect(loop, client)
+        else:
+            client.setblocking(False)
+        with open(path, 'rb') as f:
+            if api == 'transport':
+                task = asyncio.ensure_future(loop.sendfile(transport, f))
+            else:
+                task = asyncio.ensure_future(loop.sock_sendfile(client, f))
+            samples = [-1, -2, -3]
+            while len(set(samples[-3:])) > 1:
+                await asyncio.sleep(0.01)
+                samples.append(_written(client))
+            assert not task.done()
+            with open(path, 'ab') as w:
+                w.write(more)
+            gate.set()
+            n = await task
+            pos = f.tell()
+        if api == 'transport':
+            transport.close()
+            await proto.lost
+        else:
+            client.close()
+        return n, pos, await rx.join()
+
+    total = len(first) + len(more)
+    assert _run(loop_factory, main) == (
+        total, total, (total, hashlib.sha256(first + more).hexdigest()))
+
+
+@pytest.mark.parametrize('api', ['transport', 'sock'])
 def test_cancel_mid_sendfile(loop_factory, bigfile, api):
     """Cancelling sendfile while it waits for a peer that does not read:
     CancelledError, no pipe fd left behind (zcloop's splice pipe), the
