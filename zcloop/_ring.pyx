@@ -76,6 +76,7 @@ cdef unsigned CQ_ENTRIES = 4096
 
 # The loop-wide provided-buffer ring for multishot receives (R1).
 cdef int ZC_BGID = 0
+cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
@@ -155,7 +156,9 @@ cdef class RingLoop:
         self._fd_watchers = {}
         self._pending_polls = []
         self._pending_flush = []
-        self._transports = {}
+        # Weak values, as asyncio: a transport nobody references (after
+        # loop.close()) is collected and closes its socket.
+        self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}
         self._buf_size = 64 * 1024
         self._buf_count = 256
@@ -224,6 +227,7 @@ cdef class RingLoop:
         cdef int ret = 0
         cdef int op
         cdef uint32_t flags
+        cdef unsigned sq
         ladder = []
         if self._feature('single_issuer') and self._feature('defer_taskrun'):
             ladder.append(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
@@ -242,6 +246,15 @@ cdef class RingLoop:
                 params.flags = flags
                 params.cq_entries = CQ_ENTRIES
                 ret = io_uring_queue_init_params(SQ_ENTRIES, &self._ring, &params)
+                sq = SQ_ENTRIES
+                while ret == -ENOMEM and sq > 32:
+                    # Without CAP_IPC_LOCK, recent kernels (6.18 here) charge
+                    # the rings to RLIMIT_MEMLOCK again: take smaller ones.
+                    sq //= 2
+                    memset(&params, 0, sizeof(params))
+                    params.flags = flags
+                    params.cq_entries = 4 * sq
+                    ret = io_uring_queue_init_params(sq, &self._ring, &params)
                 if ret == 0:
                     break
                 if ret != -EINVAL:
@@ -321,7 +334,12 @@ cdef class RingLoop:
         self._slot_cap = new
 
     cdef io_uring_sqe *_sqe(self) except NULL:
-        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self._ring)
+        cdef io_uring_sqe *sqe
+        if not self._ring_ready:
+            # The ring is gone (loop closed): e.g. resume_reading() on a
+            # transport of a closed loop.  asyncio raises the same.
+            raise RuntimeError('Event loop is closed')
+        sqe = io_uring_get_sqe(&self._ring)
         if sqe == NULL:
             # SQ full: push what is queued to the kernel and take a fresh one.
             io_uring_submit(&self._ring)
@@ -422,7 +440,11 @@ cdef class RingLoop:
             self._slot_nfree += 1
             Py_DECREF(op)
         if self._closed:
-            return 0        # draining in close(): only release memory
+            # Draining in close(): only release memory, and what on_close()
+            # releases (a child watcher's pidfd) for requests that end here.
+            if not (cqe.flags & IORING_CQE_F_MORE):
+                op.on_close(self)
+            return 0
         return op.on_cqe(self, ud, cqe.res, cqe.flags)
 
     cdef _drain_ring(self, double deadline):
@@ -537,14 +559,28 @@ cdef class RingLoop:
             self._buf_count = 0
             return False
         self._buf_ring = zc_buf_ring_setup(&self._ring, self._buf_count, self._buf_size,
-                                           ZC_BGID, 0, &self._buf_base, &self._buf_map_len,
-                                           &err)
+                                           ZC_BGID, 0, BUF_RING_STEP, &self._buf_base,
+                                           &self._buf_map_len, &err)
         if self._buf_ring == NULL:
             logger.info('zcloop: provided-buffer ring unavailable (%s); using one-shot '
                         'receives', os.strerror(-err))
             self._buf_count = 0
             return False
+        self._buf_provided = BUF_RING_STEP
         return True
+
+    cdef _grow_buf_ring(self):
+        # The ring is a FIFO: every provided buffer is cycled through, so
+        # fewer buffers stay hot in the CPU caches (with 256 x 64 KiB the
+        # 100 KiB echo cost 50% more CPU).  Start with a few and add more
+        # only when the kernel ran out (ENOBUFS).
+        cdef unsigned n
+        if self._buf_ring == NULL or self._buf_provided >= self._buf_count:
+            return
+        n = min(BUF_RING_STEP, self._buf_count - self._buf_provided)
+        zc_buf_ring_provide(self._buf_ring, self._buf_base, self._buf_size, self._buf_count,
+                            self._buf_provided, n)
+        self._buf_provided += n
 
     cdef _recycle_buf(self, unsigned bid):
         if self._buf_ring != NULL:
@@ -626,8 +662,8 @@ cdef class RingLoop:
             timeout = 0
         elif scheduled:
             timeout = (<TimerHandle>scheduled[0])._when - self._time()
-            if timeout < 0:
-                timeout = 0
+            if not timeout >= 0:
+                timeout = 0         # also NaN: asyncio runs such a timer at once
             elif timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
         self._wait(timeout)
@@ -692,7 +728,8 @@ cdef class RingLoop:
 
     def _check_running(self):
         if getpid() != self._owner_pid:
-            # The ring (and its in-flight requests) belong to the parent.
+            # The child of a fork() shares the ring's memory with the parent:
+            # submitting from here would corrupt the parent's loop.
             raise RuntimeError('this zcloop loop was created in another process '
                                '(before fork()); create a new loop in the child')
         if self.is_running():
@@ -948,7 +985,7 @@ cdef class RingLoop:
 
     def set_default_executor(self, executor):
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError('executor must be ThreadPoolExecutor')
+            raise TypeError('executor must be ThreadPoolExecutor instance')
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None):
@@ -1237,10 +1274,15 @@ cdef class RingLoop:
         if self._old_wakeup_fd is not None:
             return
         try:
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_wsock.fileno(),
-                                                       warn_on_full_buffer=False)
+            old = signal.set_wakeup_fd(self._sig_wsock.fileno(), warn_on_full_buffer=False)
         except (ValueError, OSError):
-            self._old_wakeup_fd = None
+            return
+        if old != -1:
+            # Someone else's wakeup fd (another loop with signal handlers,
+            # a GUI toolkit): asyncio leaves it alone, so put it back.
+            signal.set_wakeup_fd(old)
+            return
+        self._old_wakeup_fd = old
 
     def _restore_signal_wakeup(self):
         if self._old_wakeup_fd is None or self._signal_handlers:

@@ -175,7 +175,8 @@ class _SendfileAPI:
                         n = await ring_splice(<RingLoop>self, pipe_r, -1, sock_fd,
                                               filled - moved)
                     except BlockingIOError:
-                        # The socket is non-blocking and its buffer is full.
+                        # The socket is non-blocking and full (slow reader):
+                        # SPLICE gives EAGAIN rather than waiting.
                         await wait_fd(<RingLoop>self, sock_fd, POLLOUT)
                         continue
                     if n == 0:

@@ -31,8 +31,9 @@ def _unavailable_reason(int err):
         return ('this kernel has no io_uring (io_uring_setup() gave ENOSYS: built without '
                 f'CONFIG_IO_URING, or a sandbox such as gVisor); {_FALLBACK_HINT}')
     if err == ENOMEM:
-        return ('io_uring_setup() failed with ENOMEM (on kernels before 5.12 the rings '
-                f'count against RLIMIT_MEMLOCK: raise ulimit -l); {_FALLBACK_HINT}')
+        return ('io_uring_setup() failed with ENOMEM (without CAP_IPC_LOCK the rings count '
+                'against RLIMIT_MEMLOCK before Linux 5.12 and again on recent kernels: raise '
+                f'ulimit -l); {_FALLBACK_HINT}')
     return f'io_uring_setup() failed: {os.strerror(err)} (errno {err}); {_FALLBACK_HINT}'
 
 

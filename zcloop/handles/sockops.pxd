@@ -6,3 +6,4 @@ cdef class _SendAllOp(UringOp):
         object fut
         uint64_t ud
         RingLoop loop
+        object sock

@@ -13,9 +13,19 @@ cdef class _SendAllOp(UringOp):
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
         self.ud = 0
+        if 0 < res and not self.fut.done():
+            # A short count: the request was capped (SEND_MAX_REQUEST) or an
+            # error follows; send the rest, which reports it.
+            self.offset += res
+            if self.offset < self.view.len:
+                if self.sock.fileno() >= 0:
+                    _sendall_submit(loop, self)
+                    return 0
+                res = -EBADF
         if self.has_view:
             self.has_view = False
             PyBuffer_Release(&self.view)
+        self.sock = None
         if self.fut.done():
             return 0
         if res < 0:
@@ -48,10 +58,18 @@ cdef object ring_sendall(RingLoop loop, object sock, object data):
     if sent >= op.view.len:
         op.fut.set_result(None)
         return op.fut
-    sqe = loop._sqe()
-    io_uring_prep_send(sqe, sock.fileno(), <char*>op.view.buf + sent, op.view.len - sent,
-                       SEND_FLAGS)
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
+    op.sock = sock
+    op.offset = sent
+    _sendall_submit(loop, op)
     op.fut.add_done_callback(op._cancelled)
     return op.fut
+
+
+cdef _sendall_submit(RingLoop loop, _SendAllOp op):
+    cdef io_uring_sqe *sqe = loop._sqe()
+    cdef Py_ssize_t n = op.view.len - op.offset
+    if n > SEND_MAX_REQUEST:
+        n = SEND_MAX_REQUEST        # sqe->len is 32 bits; > INT_MAX is EINVAL
+    io_uring_prep_send(sqe, op.sock.fileno(), <char*>op.view.buf + op.offset, n, SEND_FLAGS)
+    op.ud = loop._track(op)
+    io_uring_sqe_set_data64(sqe, op.ud)

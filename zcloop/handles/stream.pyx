@@ -10,6 +10,7 @@
 cdef Py_ssize_t IOV_MAX_SEGMENTS = 1024
 cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (W6)
 cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
+cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
 cdef int SEND_FLAGS = MSG_WAITALL | MSG_NOSIGNAL
 
 
@@ -273,6 +274,8 @@ cdef class StreamTransport(RingTransport):
             else:
                 self._on_eof()
         elif res > 0 or res == -ENOBUFS or res == -ECANCELED:
+            if res == -ENOBUFS:
+                loop._grow_buf_ring()
             # Multishot ended (buffer ring empty, fairness, a cancel from
             # pause_reading): re-arm if we still want data.
             self._start_reading()
@@ -502,6 +505,8 @@ cdef class StreamTransport(RingTransport):
                 total += _entry_len(entry)
                 niov += 1
             total -= offset
+            if niov == 1 and total > SEND_MAX_REQUEST:
+                total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
             op.entries = entries
         op.nbytes = total
         sqe = loop._sqe()
@@ -538,7 +543,7 @@ cdef class StreamTransport(RingTransport):
             entry = op.entries[i]
             if type(entry) is _Pinned:
                 (<_Pinned>entry).refs += 1
-        if zc and total < _entry_len(first) - offset:
+        if niov == 1 and total < _entry_len(first) - offset:
             self._queue_offset += total       # more of this entry follows
         else:
             for i in range(len(op.entries)):
