@@ -8,11 +8,14 @@ errors seen when the child closes its stdin early, reaping (no zombies, no
 fd leaks) and the SubprocessProtocol callback order.
 """
 import asyncio
+import gc
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -255,7 +258,7 @@ def test_fds_not_passed_are_not_inherited(loop_factory):
             PY, '-c', 'import os; print(sorted(int(f) for f in os.listdir("/proc/self/fd")))',
             stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
-        return eval(out)
+        return json.loads(out)
 
     fds = _run(loop_factory, main)
     # The listing itself opens one fd.
@@ -533,12 +536,10 @@ def test_loop_closes_with_process_running(loop_factory):
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
-            import time
             time.sleep(0.01)
         deadline -= 1
     assert not any(p == pid for p, _ in _children())
     del proc
-    import gc
     gc.collect()
     assert _fds() == before
 
