@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 
 import pytest
@@ -760,6 +761,65 @@ def test_sendfile_tls_fallback(loop_factory, bigfile, certs):
 # Errors and cancellation mid-way
 
 
+def _written(sock):
+    """Bytes the application wrote into a TCP socket it connect()ed so
+    far: acknowledged (tcp_info.tcpi_bytes_acked, which counts the SYN on
+    the connecting side) plus still queued (SIOCOUTQ)."""
+    import fcntl
+    import termios
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    acked = int.from_bytes(info[120:128], sys.byteorder)
+    outq = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b'\0\0\0\0')
+    return acked - 1 + int.from_bytes(outq, sys.byteorder)
+
+
+@pytest.mark.parametrize('api', ['transport', 'sock'])
+def test_position_after_peer_reset(loop_factory, bigfile, api):
+    """The peer stops reading, then resets: sendfile fails and the file
+    position is offset + exactly the bytes the socket accepted (asyncio
+    documents file.tell() as the way to know how much was sent)."""
+    path, _ = bigfile
+    offset = 12345
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client, server = tcp_pair()
+        if api == 'transport':
+            transport, proto = await _connect(loop, client)
+        else:
+            client.setblocking(False)
+        with open(path, 'rb') as f:
+            if api == 'transport':
+                task = asyncio.ensure_future(loop.sendfile(transport, f, offset))
+            else:
+                task = asyncio.ensure_future(loop.sock_sendfile(client, f, offset))
+            # Wait until the sender is stuck: nothing moves any more.
+            samples = [-1, -2, -3]
+            while len(set(samples[-3:])) > 1:
+                await asyncio.sleep(0.01)
+                samples.append(_written(client))
+            accepted = samples[-1]
+            assert not task.done()
+            # Reset: unread data in the receive queue makes close() an RST.
+            server.close()
+            try:
+                await task
+                err = None
+            except OSError as exc:
+                err = exc
+            pos = f.tell()
+        if api == 'transport':
+            transport.close()
+            await proto.lost
+        else:
+            client.close()
+        return err, pos - offset, accepted
+
+    err, sent, accepted = _run(loop_factory, main)
+    assert isinstance(err, ConnectionError), err
+    assert sent == accepted > 0
+
+
 @pytest.mark.parametrize('api', ['transport', 'sock'])
 def test_peer_closes_mid_sendfile(loop_factory, bigfile, api):
     """The peer resets the connection after 2 MiB: sendfile fails with a
@@ -799,6 +859,53 @@ def test_peer_closes_mid_sendfile(loop_factory, bigfile, api):
 
 
 @pytest.mark.parametrize('api', ['transport', 'sock'])
+def test_file_grows_during_sendfile(loop_factory, tmp_path, api):
+    """Without count, sendfile goes on to the end of the file as it is when
+    it gets there (asyncio sends until sendfile() returns 0), not to the
+    size the file had at the call: bytes appended while the peer is not
+    reading are sent too."""
+    path = tmp_path / 'growing'
+    first = os.urandom(16 << 20)
+    more = os.urandom(1 << 20)
+    path.write_bytes(first)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client, server = tcp_pair()
+        gate = threading.Event()
+        rx = Receiver(server, gate=gate)
+        if api == 'transport':
+            transport, proto = await _connect(loop, client)
+        else:
+            client.setblocking(False)
+        with open(path, 'rb') as f:
+            if api == 'transport':
+                task = asyncio.ensure_future(loop.sendfile(transport, f))
+            else:
+                task = asyncio.ensure_future(loop.sock_sendfile(client, f))
+            samples = [-1, -2, -3]
+            while len(set(samples[-3:])) > 1:
+                await asyncio.sleep(0.01)
+                samples.append(_written(client))
+            assert not task.done()
+            with open(path, 'ab') as w:
+                w.write(more)
+            gate.set()
+            n = await task
+            pos = f.tell()
+        if api == 'transport':
+            transport.close()
+            await proto.lost
+        else:
+            client.close()
+        return n, pos, await rx.join()
+
+    total = len(first) + len(more)
+    assert _run(loop_factory, main) == (
+        total, total, (total, hashlib.sha256(first + more).hexdigest()))
+
+
+@pytest.mark.parametrize('api', ['transport', 'sock'])
 def test_cancel_mid_sendfile(loop_factory, bigfile, api):
     """Cancelling sendfile while it waits for a peer that does not read:
     CancelledError, no pipe fd left behind (zcloop's splice pipe), the
@@ -835,7 +942,7 @@ def test_cancel_mid_sendfile(loop_factory, bigfile, api):
         leaked_pipes = _pipe_fds() - pipes_before
         if api == 'transport':
             transport.write(b'after')       # no RuntimeError: sendfile is over
-            transport.abort()
+            transport.close()
             await proto.lost
         else:
             client.close()

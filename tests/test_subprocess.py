@@ -8,11 +8,14 @@ errors seen when the child closes its stdin early, reaping (no zombies, no
 fd leaks) and the SubprocessProtocol callback order.
 """
 import asyncio
+import gc
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -255,7 +258,7 @@ def test_fds_not_passed_are_not_inherited(loop_factory):
             PY, '-c', 'import os; print(sorted(int(f) for f in os.listdir("/proc/self/fd")))',
             stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
-        return eval(out)
+        return json.loads(out)
 
     fds = _run(loop_factory, main)
     # The listing itself opens one fd.
@@ -400,6 +403,44 @@ def test_devnull_and_stdout_redirection(loop_factory):
     }
 
 
+def test_stdout_flow_control_blocks_child(loop_factory):
+    """A StreamReader over the child's stdout pauses the pipe at its limit:
+    the child stays blocked in write() (does not exit) until we read, and
+    our buffer stays bounded; then everything arrives."""
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            PY, '-c', 'import sys; sys.stdout.buffer.write(b"y" * (4 << 20))',
+            stdout=subprocess.PIPE, limit=1 << 16)
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        blocked = proc.returncode
+        buffered = len(proc.stdout._buffer)
+        data = await proc.stdout.read()
+        return blocked, buffered <= (2 << 16) + (256 << 10), len(data), await proc.wait()
+
+    assert _run(loop_factory, main) == (None, True, 4 << 20, 0)
+
+
+def test_concurrent_waits_and_file_redirection(loop_factory, tmp_path):
+    """Several tasks waiting on one process all get the code; stdin/stdout
+    from and to regular files."""
+    src = tmp_path / 'in'
+    dst = tmp_path / 'out'
+    src.write_bytes(b'from a file\n' * 1000)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(PY, '-c', 'import time; time.sleep(0.05)')
+        rcs = await asyncio.gather(*(proc.wait() for _ in range(5)))
+        again = await proc.wait()
+        with open(src, 'rb') as fin, open(dst, 'wb') as fout:
+            proc = await asyncio.create_subprocess_exec('cat', stdin=fin, stdout=fout)
+            rc = await proc.wait()
+        return rcs, again, rc
+
+    assert _run(loop_factory, main) == ([0] * 5, 0, 0)
+    assert dst.read_bytes() == src.read_bytes()
+
+
 def test_many_concurrent_processes_reaped(loop_factory):
     """50 short processes at once: every exit code right, nobody left as a
     zombie, no fd left open (pipes, pidfds)."""
@@ -495,12 +536,10 @@ def test_loop_closes_with_process_running(loop_factory):
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
-            import time
             time.sleep(0.01)
         deadline -= 1
     assert not any(p == pid for p, _ in _children())
     del proc
-    import gc
     gc.collect()
     assert _fds() == before
 

@@ -127,8 +127,10 @@ class _SendfileAPI:
             raise aio_exceptions.SendfileNotAvailableError("not a regular file")
         if not (<RingLoop>self)._op_ok(IORING_OP_SPLICE):
             raise aio_exceptions.SendfileNotAvailableError("IORING_OP_SPLICE is unavailable")
-        blocksize = count if count else st.st_size - offset
-        if blocksize <= 0:
+        # Without count: up to EOF as it is when we get there (asyncio sends
+        # until sendfile() returns 0), not to the size the file has now.
+        blocksize = count
+        if not count and st.st_size == 0:
             return 0
         pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
@@ -138,8 +140,9 @@ class _SendfileAPI:
         total_sent = 0
         sock_fd = sock.fileno()
         try:
-            while total_sent < blocksize:
-                chunk = min(pipe_size, blocksize - total_sent)
+            while blocksize is None or total_sent < blocksize:
+                chunk = pipe_size if blocksize is None else min(pipe_size,
+                                                                blocksize - total_sent)
                 filled = await ring_splice(<RingLoop>self, fileno, offset + total_sent,
                                            pipe_w, chunk)
                 if filled == 0:
@@ -157,7 +160,9 @@ class _SendfileAPI:
                     if n == 0:
                         raise BrokenPipeError(errno_mod.EPIPE, 'socket closed during sendfile')
                     moved += n
-                total_sent += filled
+                    # Counted as it reaches the socket: the file position
+                    # after an error is offset + what the socket accepted.
+                    total_sent += n
             return total_sent
         except OSError as exc:
             if total_sent == 0 and exc.errno in (errno_mod.EINVAL, errno_mod.ENOSYS,
