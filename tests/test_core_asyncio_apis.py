@@ -134,20 +134,26 @@ def test_sync_primitives(run):
 
 def test_wait_and_as_completed(run):
     async def main():
-        async def d(x):
-            await asyncio.sleep(x)
-            return x
+        loop = asyncio.get_running_loop()
+        gates = [loop.create_future() for _ in range(3)]
 
-        tasks = [asyncio.ensure_future(d(x)) for x in (0.03, 0.01, 0.02)]
+        async def d(i):
+            return await gates[i]
+
+        tasks = [asyncio.ensure_future(d(i)) for i in range(3)]
+        loop.call_soon(gates[1].set_result, "b")
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = [t.result() for t in done]
-        order = [await f for f in asyncio.as_completed(tasks)]
-        done, pending = await asyncio.wait([asyncio.ensure_future(d(3600))], timeout=0.01)
+        loop.call_soon(gates[2].set_result, "c")
+        loop.call_soon(gates[0].set_result, "a")
+        got = sorted([await f for f in asyncio.as_completed(tasks)])
+        done, pending = await asyncio.wait([asyncio.ensure_future(asyncio.sleep(3600))],
+                                           timeout=0.01)
         for t in pending:
             t.cancel()
-        return first, order, len(done), len(pending)
+        return first, got, len(done), len(pending)
 
-    assert run(main) == ([0.01], [0.01, 0.02, 0.03], 0, 1)
+    assert run(main) == (["b"], ["a", "b", "c"], 0, 1)
 
 
 def test_shield_and_cancel(run):

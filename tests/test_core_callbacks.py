@@ -16,16 +16,6 @@ cv = contextvars.ContextVar("cv", default="unset")
 ARGS_IN_REPR = sys.version_info < (3, 13)
 
 
-def _stop_after(loop, n=1):
-    """Schedule loop.stop() after n iterations."""
-    def step(i):
-        if i <= 1:
-            loop.stop()
-        else:
-            loop.call_soon(step, i - 1)
-    loop.call_soon(step, n)
-
-
 # ----------------------------------------------------------------------
 # call_soon
 

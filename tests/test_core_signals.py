@@ -1,6 +1,7 @@
 """Unix signal handlers: in-process (main thread) and in real subprocesses
 (Ctrl-C, signal bursts)."""
 import asyncio
+import logging
 import os
 import select
 import signal
@@ -204,6 +205,63 @@ def test_foreign_wakeup_fd_left_alone(loop):
         signal.set_wakeup_fd(-1)
         os.close(r)
         os.close(w)
+
+
+class _Boom(Exception):
+    pass
+
+
+def _raise_boom(*args):
+    raise _Boom()
+
+
+@pytest.mark.timeout(30)
+def test_raising_python_signal_handler_keeps_loop_working(loop, caplog):
+    """A Python-level signal handler that raises while the loop reaps
+    completions (here: the signal byte and a call_soon_threadsafe wakeup
+    complete in one batch) must not lose the rest of the batch: afterwards
+    call_soon_threadsafe still wakes the loop (hang guard: the test timeout)
+    and close() finds no operation left in flight.
+
+    The main thread blocks in a C callback (lock.acquire, no bytecode runs
+    after the signal), while another thread sends the signal to itself and
+    calls call_soon_threadsafe, then releases the lock."""
+    signal.signal(signal.SIGUSR1, _raise_boom)
+    signal.siginterrupt(signal.SIGUSR1, False)
+    lock = threading.Lock()
+    lock.acquire()
+
+    def other():
+        time.sleep(0.05)        # the loop thread is in lock.acquire by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        loop.call_soon_threadsafe(int)
+        lock.release()
+
+    t = threading.Thread(target=other)
+    loop.call_soon(t.start)
+    loop.call_soon(lock.acquire)
+    # Stop in the next iteration, the one that reaps the batch.
+    loop.call_soon(loop.call_soon, loop.stop)      # C callables: no bytecode runs
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        try:
+            loop.run_forever()
+        except _Boom:
+            raised = True       # zcloop: out of run_forever, like KeyboardInterrupt
+            loop.run_forever()  # the stop() still pending ends this run
+        else:
+            raised = False      # asyncio: the handler ran inside a callback
+    t.join()
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is _Boom]
+    assert raised or logged
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    fut = loop.create_future()
+    threading.Timer(0.01, loop.call_soon_threadsafe, (fut.set_result, "woken")).start()
+    assert loop.run_until_complete(fut) == "woken"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.close()
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 # ----------------------------------------------------------------------

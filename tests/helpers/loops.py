@@ -4,7 +4,6 @@ Use the ``loop_factory`` fixture from tests/conftest.py in tests; these names
 are for code that needs them outside a fixture (subprocess scripts, helpers).
 """
 import asyncio
-import gc
 
 import zcloop
 
@@ -35,14 +34,3 @@ def run_on(factory, main, *, debug=None):
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
-
-
-def is_zcloop(loop):
-    return isinstance(loop, zcloop.Loop)
-
-
-def collect():
-    """Run the GC until nothing more is collected (for ResourceWarning tests)."""
-    for _ in range(3):
-        if not gc.collect():
-            break
