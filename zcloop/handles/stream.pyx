@@ -378,6 +378,11 @@ cdef class StreamTransport(RingTransport):
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return
+        if self._closing:
+            # After close() nothing more goes out.  (asyncio drops these too
+            # unless its buffer was non-empty at close(); zcloop's queue
+            # almost always is, since nothing is sent inline.)
+            return
         self._enqueue(data, n)
 
     def writelines(self, list_of_data):
@@ -431,6 +436,10 @@ cdef class StreamTransport(RingTransport):
         elif self._conn_lost:
             self._conn_lost += 1
             handle._set_sent(ConnectionResetError('Connection lost'))
+            pinned._unref()
+        elif self._closing:
+            # After close() nothing more goes out (as write()).
+            handle._set_sent(ConnectionAbortedError('Transport is closing'))
             pinned._unref()
         else:
             self._enqueue(pinned, pinned.view.len)
