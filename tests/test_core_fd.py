@@ -331,7 +331,7 @@ def test_fd_closed_while_registered_peer_sees_eof(factory):
         run_iterations(loop, 3)
         a.close()
         run_iterations(loop, 3)
-        b.settimeout(2)
+        b.settimeout(0.5)
         try:
             got = b.recv(10)
         except TimeoutError:
@@ -447,4 +447,104 @@ def test_reader_context(loop, sockpair):
     b.send(b"x")
     run_until(loop, lambda: seen)
     assert seen == ["at-add"]
+    loop.remove_reader(a)
+
+
+@pytest.mark.timeout(60)
+def test_many_ready_fds_at_once(loop):
+    """More ready fds than SQ entries (1024) and CQ entries (4096) in one
+    iteration: every reader runs once."""
+    import resource
+    n = 4500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * n + 100:
+        if hard != resource.RLIM_INFINITY and hard < 2 * n + 100:
+            pytest.skip("RLIMIT_NOFILE too low")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2 * n + 100, hard))
+    pairs = []
+    try:
+        for _ in range(n):
+            pairs.append(socket.socketpair())
+        got = set()
+        for i, (a, b) in enumerate(pairs):
+            a.setblocking(False)
+            b.send(b"x")
+
+        def on_read(a, i):
+            a.recv(10)
+            got.add(i)
+            loop.remove_reader(a)
+
+        for i, (a, b) in enumerate(pairs):
+            loop.add_reader(a, on_read, a, i)
+        run_until(loop, lambda: len(got) == n, timeout=40)
+        run_iterations(loop, 3)
+        assert len(got) == n
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        if soft < 2 * n + 100:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.timeout(60)
+def test_reader_readded_every_time_ping_pong(loop):
+    """The psycopg-style pattern: each wait adds a fresh reader and removes
+    it when it fired; two sockets bounce a counter 2000 times."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    done = loop.create_future()
+    rounds = 2000
+
+    def wait_readable(sock, other):
+        def fired():
+            assert loop.remove_reader(sock) is True
+            n = int(sock.recv(32))
+            if n == rounds:
+                done.set_result(n)
+                return
+            sock.send(b"%d" % (n + 1))     # arrives at the other end
+            wait_readable(other, sock)
+        loop.add_reader(sock, fired)
+
+    try:
+        wait_readable(b, a)
+        a.send(b"1")
+        assert loop.run_until_complete(asyncio.wait_for(done, 40)) == rounds
+    finally:
+        a.close()
+        b.close()
+
+
+def test_add_remove_add_same_iteration(loop, sockpair):
+    a, b = sockpair
+    got = []
+    loop.add_reader(a, got.append, "first")
+    assert loop.remove_reader(a)
+    loop.add_reader(a, lambda: got.append(("second", a.recv(10))))
+    run_iterations(loop, 2)
+    assert loop.remove_reader(a)
+    loop.add_reader(a, lambda: got.append(("third", a.recv(10))))
+    b.send(b"q")
+    run_until(loop, lambda: got)
+    assert got == [("third", b"q")]
+    loop.remove_reader(a)
+
+
+def test_writer_added_while_reader_armed(loop, sockpair):
+    """Changing the event mask of an armed poll (reader -> reader+writer ->
+    reader) keeps both callbacks right."""
+    a, b = sockpair
+    reads, writes = [], []
+    loop.add_reader(a, lambda: reads.append(a.recv(10)))
+    run_iterations(loop, 3)
+    loop.add_writer(a, lambda: (writes.append(1), loop.remove_writer(a)))
+    run_until(loop, lambda: writes)
+    run_iterations(loop, 3)
+    assert writes == [1] and reads == []
+    b.send(b"r")
+    run_until(loop, lambda: reads)
+    assert reads == [b"r"]
     loop.remove_reader(a)

@@ -177,6 +177,35 @@ def test_wakeup_fd_restored_after_run(loop):
         os.close(w)
 
 
+def test_foreign_wakeup_fd_left_alone(loop):
+    """Someone else's wakeup fd (a GUI toolkit, another loop with signal
+    handlers) keeps receiving signal bytes while the loop runs, as with
+    asyncio's loop, which doesn't touch it without add_signal_handler()."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    got = []
+    try:
+        assert signal.set_wakeup_fd(w) == -1
+        signal.signal(signal.SIGUSR1, lambda *a: got.append("py-handler"))
+
+        async def main():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.001)
+
+        loop.run_until_complete(main())
+        assert got == ["py-handler"]
+        assert os.read(r, 10) == bytes([signal.SIGUSR1])
+        assert signal.set_wakeup_fd(-1) == w
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(r)
+        os.close(w)
+
+
 # ----------------------------------------------------------------------
 # Real subprocesses
 
@@ -200,6 +229,16 @@ import asyncio, zcloop
 async def main():
     print("ready", flush=True)
     await asyncio.get_running_loop().create_future()   # no timer at all
+zcloop.run(main())
+""",
+    "zcloop.run-foreign-wakeup-fd": """
+import asyncio, os, signal, zcloop
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)     # not zcloop's: Ctrl-C must still interrupt the wait
+async def main():
+    print("ready", flush=True)
+    await asyncio.sleep(60)
 zcloop.run(main())
 """,
     "install+asyncio.run": """

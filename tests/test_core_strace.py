@@ -79,3 +79,43 @@ def test_strace_parser_sees_asyncio_epoll(tmp_path):
     assert stdout.split() == ["120"]
     assert WAIT_SYSCALLS & set(calls), calls
     assert "io_uring_enter" not in calls
+
+
+SMALL = r"""
+import asyncio, zcloop
+async def main():
+    await asyncio.sleep(0.001)
+    return "ok"
+print(zcloop.run(main()))
+"""
+
+
+def _strace_calls(tmp_path, script, env_extra):
+    out = tmp_path / "trace.txt"
+    env = dict(os.environ, PYTHONPATH=ROOT, **env_extra)
+    proc = subprocess.run([STRACE, "-f", "-o", str(out), "-e",
+                           "trace=io_uring_setup,io_uring_enter,io_uring_register",
+                           sys.executable, "-c", script],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok"]
+    return out.read_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("disabled", [False, True], ids=["default", "disabled"])
+def test_registered_ring_fd_switch(tmp_path, disabled):
+    """The ring fd is registered (IORING_REGISTER_RING_FDS, then
+    io_uring_enter with IORING_ENTER_REGISTERED_RING) unless
+    registered_ring_fd is disabled."""
+    env = {"ZCLOOP_DISABLE_FEATURES": "registered_ring_fd"} if disabled else {}
+    trace = _strace_calls(tmp_path, SMALL, env)
+    enters = [line for line in trace.splitlines() if "io_uring_enter(" in line]
+    assert enters
+    registered = [line for line in enters if "IORING_ENTER_REGISTERED_RING" in line]
+    if disabled:
+        assert "IORING_REGISTER_RING_FDS" not in trace
+        assert registered == []
+    else:
+        assert "IORING_REGISTER_RING_FDS" in trace
+        assert registered == enters

@@ -75,10 +75,21 @@ def kill_process_group(pgid):
         pass  # already gone
 
 
+def own_peak_rss_kib():
+    """Peak RSS of this process.  A child's ru_maxrss can never be below it:
+    Linux carries the forked image's high-water mark across exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
 def run_once(command, loop, *, timeout, show_output):
     """Run `command` on `loop`; return a sample dict (wall, cpu, peak RSS, status)."""
     stderr = None if show_output else tempfile.TemporaryFile()
     timed_out = threading.Event()
+    rss_floor = own_peak_rss_kib()
     started = time.perf_counter()
     try:
         proc = subprocess.Popen(command, env=child_env(loop), start_new_session=True,
@@ -86,7 +97,8 @@ def run_once(command, loop, *, timeout, show_output):
                                 stderr=stderr)
     except OSError as exc:
         return {"loop": loop, "wall": 0.0, "user": 0.0, "sys": 0.0, "cpu": 0.0,
-                "maxrss_kib": 0, "exit_code": None, "status": f"error: {exc}", "stderr": ""}
+                "maxrss_kib": 0, "maxrss_floor_kib": rss_floor, "exit_code": None,
+                "status": f"error: {exc}", "stderr": ""}
 
     def kill_on_timeout():
         timed_out.set()
@@ -122,6 +134,7 @@ def run_once(command, loop, *, timeout, show_output):
         stderr.close()
     return {"loop": loop, "wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime,
             "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss,
+            "maxrss_floor_kib": rss_floor,
             "exit_code": exit_code, "status": status_text, "stderr": tail}
 
 
@@ -134,6 +147,7 @@ def summarize(samples, loops):
             values = [s[key] for s in mine]
             entry[key] = {"min": min(values), "median": statistics.median(values),
                           "max": max(values)}
+        entry["maxrss_floor_kib"] = max(s["maxrss_floor_kib"] for s in mine)
         summary[loop] = entry
     for base in dict.fromkeys([loops[0], "uvloop"]):
         if base not in summary:
@@ -154,9 +168,14 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+RSS_FLOOR_NOTE = ("<=: peak RSS not above what this process had when it forked the "
+                  "child (Linux keeps that high-water mark across exec): only a bound")
+
+
 def compare_table(summary, loops):
-    def triple(stats, scale=1.0):
-        return "/".join(f"{stats[k] * scale:.3g}" for k in ("min", "median", "max"))
+    def triple(stats, scale=1.0, digits=3, floor=None):
+        return "/".join(("<=" if floor is not None and stats[k] <= floor else "")
+                        + f"{stats[k] * scale:.{digits}f}" for k in ("min", "median", "max"))
 
     bases = [b for b in dict.fromkeys([loops[0], "uvloop"]) if b in summary]
     header = ["loop", "wall s min/med/max", "cpu s min/med/max", "peak RSS MiB min/med/max"]
@@ -166,13 +185,14 @@ def compare_table(summary, loops):
     for loop in loops:
         entry = summary[loop]
         row = [loop, triple(entry["wall"]), triple(entry["cpu"]),
-               triple(entry["maxrss_kib"], 1 / 1024)]
+               triple(entry["maxrss_kib"], 1 / 1024, digits=1, floor=entry["maxrss_floor_kib"])]
         for base in bases:
             for key in ("wall", "cpu"):
                 ratio = entry[f"{key}_vs_{base}"]
                 row.append("-" if ratio is None else f"{ratio:.2f}x")
         rows.append(row + [",".join(entry["status"])])
-    return format_table(rows)
+    table = format_table(rows)
+    return table + ("\n" + RSS_FLOOR_NOTE if "<=" in table else "")
 
 
 def compare(args, parser):

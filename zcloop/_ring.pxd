@@ -89,7 +89,8 @@ cdef class RingLoop:
         char *_buf_base
         size_t _buf_map_len
         uint32_t _buf_size
-        uint32_t _buf_count
+        uint32_t _buf_count             # ring capacity
+        uint32_t _buf_provided          # buffers handed to the kernel so far
 
         object _transports              # fd -> transport, weak values as selector_events
         dict _unix_server_sockets       # listening AF_UNIX socket -> inode
@@ -133,6 +134,7 @@ cdef class RingLoop:
     cdef _flush_pending(self)
     cdef bint _ensure_buf_ring(self) except -1
     cdef _recycle_buf(self, unsigned bid)
+    cdef _grow_buf_ring(self)
     cdef bint _zc_reserve(self, Py_ssize_t nbytes)
     cdef _zc_unreserve(self, Py_ssize_t nbytes)
     cdef _schedule_poll(self, _FdWatcher watcher)

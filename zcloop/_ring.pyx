@@ -76,6 +76,7 @@ cdef unsigned CQ_ENTRIES = 4096
 
 # The loop-wide provided-buffer ring for multishot receives (R1).
 cdef int ZC_BGID = 0
+cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
@@ -397,11 +398,23 @@ cdef class RingLoop:
         return 0
 
     cdef int _reap(self) except -1:
-        cdef unsigned n, i
+        cdef unsigned n, i, j
         while True:
             n = zc_reap(&self._ring, self._cqes, 256)
             for i in range(n):
-                self._dispatch(&self._cqes[i])
+                try:
+                    self._dispatch(&self._cqes[i])
+                except BaseException:
+                    # A Python signal handler raised (PyErr_CheckSignals in
+                    # _on_signal_bytes).  The rest of the batch is already
+                    # consumed from the CQ: dispatch it before propagating,
+                    # or its ops would never complete nor free their slots.
+                    for j in range(i + 1, n):
+                        try:
+                            self._dispatch(&self._cqes[j])
+                        except BaseException:
+                            pass
+                    raise
             if n < 256:
                 return 0
 
@@ -546,14 +559,28 @@ cdef class RingLoop:
             self._buf_count = 0
             return False
         self._buf_ring = zc_buf_ring_setup(&self._ring, self._buf_count, self._buf_size,
-                                           ZC_BGID, 0, &self._buf_base, &self._buf_map_len,
-                                           &err)
+                                           ZC_BGID, 0, BUF_RING_STEP, &self._buf_base,
+                                           &self._buf_map_len, &err)
         if self._buf_ring == NULL:
             logger.info('zcloop: provided-buffer ring unavailable (%s); using one-shot '
                         'receives', os.strerror(-err))
             self._buf_count = 0
             return False
+        self._buf_provided = BUF_RING_STEP
         return True
+
+    cdef _grow_buf_ring(self):
+        # The ring is a FIFO: every provided buffer is cycled through, so
+        # fewer buffers stay hot in the CPU caches (with 256 x 64 KiB the
+        # 100 KiB echo cost 50% more CPU).  Start with a few and add more
+        # only when the kernel ran out (ENOBUFS).
+        cdef unsigned n
+        if self._buf_ring == NULL or self._buf_provided >= self._buf_count:
+            return
+        n = min(BUF_RING_STEP, self._buf_count - self._buf_provided)
+        zc_buf_ring_provide(self._buf_ring, self._buf_base, self._buf_size, self._buf_count,
+                            self._buf_provided, n)
+        self._buf_provided += n
 
     cdef _recycle_buf(self, unsigned bid):
         if self._buf_ring != NULL:
@@ -701,7 +728,8 @@ cdef class RingLoop:
 
     def _check_running(self):
         if getpid() != self._owner_pid:
-            # The ring (and its in-flight requests) belong to the parent.
+            # The child of a fork() shares the ring's memory with the parent:
+            # submitting from here would corrupt the parent's loop.
             raise RuntimeError('this zcloop loop was created in another process '
                                '(before fork()); create a new loop in the child')
         if self.is_running():
@@ -1246,10 +1274,15 @@ cdef class RingLoop:
         if self._old_wakeup_fd is not None:
             return
         try:
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_wsock.fileno(),
-                                                       warn_on_full_buffer=False)
+            old = signal.set_wakeup_fd(self._sig_wsock.fileno(), warn_on_full_buffer=False)
         except (ValueError, OSError):
-            self._old_wakeup_fd = None
+            return
+        if old != -1:
+            # Someone else's wakeup fd (another loop with signal handlers,
+            # a GUI toolkit): asyncio leaves it alone, so put it back.
+            signal.set_wakeup_fd(old)
+            return
+        self._old_wakeup_fd = old
 
     def _restore_signal_wakeup(self):
         if self._old_wakeup_fd is None or self._signal_handlers:

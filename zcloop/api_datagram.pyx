@@ -1,6 +1,6 @@
 # Loop methods for datagrams: create_datagram_endpoint() and the
 # sock_sendto()/sock_recvfrom()/sock_recvfrom_into() coroutines, with
-# asyncio's (3.11) semantics and error messages.  A mixin of zcloop.Loop:
+# asyncio's semantics and error messages (3.11; 3.13's where they differ).  A mixin of zcloop.Loop:
 # ``self`` is always a RingLoop.
 import stat as _dg_stat
 
@@ -10,7 +10,7 @@ from asyncio.base_events import (
     _set_reuseport as _dg_set_reuseport,
 )
 
-_DG_HAS_IPv6 = hasattr(socket, 'AF_INET6')
+_DG_PY313 = sys.version_info >= (3, 13)
 
 
 class _DatagramAPI:
@@ -23,7 +23,12 @@ class _DatagramAPI:
         """Create datagram connection."""
         cdef RingLoop loop = <RingLoop>self
         if sock is not None:
-            if sock.type != socket.SOCK_DGRAM:
+            if _DG_PY313:
+                # 3.13 accepts any non-stream socket (raw, ...).
+                if sock.type == socket.SOCK_STREAM:
+                    raise ValueError(
+                        f'A datagram socket was expected, got {sock!r}')
+            elif sock.type != socket.SOCK_DGRAM:
                 raise ValueError(
                     f'A UDP Socket was expected, got {sock!r}')
             if (local_addr or remote_addr or

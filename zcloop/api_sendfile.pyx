@@ -2,38 +2,16 @@
 # so neither disk reads nor a full socket ever block the loop (uvloop has no
 # sendfile at all).  Non-regular files fall back to read + send.
 
-cdef class _SpliceOp(UringOp):
-    cdef:
-        object fut
-        uint64_t ud
-        RingLoop loop
-
-    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
-                    uint32_t flags) except -1:
-        self.ud = 0
-        if self.fut.done():
-            return 0
-        if res < 0:
-            self.fut.set_exception(OSError(-res, os.strerror(-res)))
-        else:
-            self.fut.set_result(res)
-        return 0
-
-    def _cancelled(self, fut):
-        if fut.cancelled() and self.ud:
-            self.loop._cancel_op(self.ud)
+cdef class _SpliceOp(_FutureOp):
+    # One SPLICE; the future gets the byte count.
+    pass
 
 
 cdef object ring_splice(RingLoop loop, int fd_in, int64_t off_in, int fd_out, unsigned nbytes):
     cdef _SpliceOp op = _SpliceOp()
     cdef io_uring_sqe *sqe = loop._sqe()
     io_uring_prep_splice(sqe, fd_in, off_in, fd_out, -1, nbytes, SPLICE_F_MOVE)
-    op.loop = loop
-    op.fut = loop.create_future()
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
-    op.fut.add_done_callback(op._cancelled)
-    return op.fut
+    return op._track_future(loop, sqe)
 
 
 cdef int SPLICE_PIPE_SIZE = 1024 * 1024
@@ -96,6 +74,13 @@ class _SendfileFallbackProtocol(aio_protocols.Protocol):
             self._write_ready_fut.cancel()
         if self._should_resume_writing:
             self._proto.resume_writing()
+
+
+def _seekable(file):
+    # A pipe (fallback copy) has no position to restore: seek() would fail
+    # after the data went out.
+    seekable = getattr(file, 'seekable', None)
+    return seekable is None or seekable()
 
 
 def _check_sendfile_params(sock, file, offset, count):
@@ -207,7 +192,7 @@ class _SendfileAPI:
                 total_sent += read
             return total_sent
         finally:
-            if total_sent > 0 and hasattr(file, 'seek'):
+            if total_sent > 0 and hasattr(file, 'seek') and _seekable(file):
                 file.seek(offset + total_sent)
 
     async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
@@ -216,7 +201,10 @@ class _SendfileAPI:
             raise RuntimeError("Transport is closing")
         native = isinstance(transport, StreamTransport) and not (
             <StreamTransport>transport)._is_pipe
-        if not native and not hasattr(transport, 'get_write_buffer_limits'):
+        if not native and getattr(transport, '_sendfile_compatible', None) not in (
+                aio_constants._SendfileMode.FALLBACK, aio_constants._SendfileMode.TRY_NATIVE):
+            # As asyncio: pipes and datagram transports have no sendfile;
+            # TLS transports say FALLBACK.
             raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
         if native:
             try:
@@ -264,6 +252,6 @@ class _SendfileAPI:
                 transp.write(view[:read])
                 total_sent += read
         finally:
-            if total_sent > 0 and hasattr(file, 'seek'):
+            if total_sent > 0 and hasattr(file, 'seek') and _seekable(file):
                 file.seek(offset + total_sent)
             await proto.restore()

@@ -12,6 +12,16 @@ cdef class _ChildExitOp(UringOp):
         object transport
         uint64_t ud
 
+    def __cinit__(self):
+        self.pidfd = -1
+
+    def __dealloc__(self):
+        # Final CQE reaped while the loop closes (no on_cqe then): the slot
+        # drops the op, and with it the pidfd.
+        if self.pidfd >= 0:
+            close(self.pidfd)
+            self.pidfd = -1
+
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
         self.ud = 0
@@ -38,8 +48,9 @@ cdef class _ChildExitOp(UringOp):
         self._close_pidfd()
         transport = self.transport
         self.transport = None
-        if transport._returncode is None:
-            transport._process_exited(returncode)
+        # One callback hop, as asyncio's child watchers (call_soon_threadsafe):
+        # pipe EOFs completed in the same batch are reported before the exit.
+        loop._call_soon(_deliver_exit, (transport, returncode), None)
         return 0
 
     cdef arm(self, RingLoop loop):
@@ -56,6 +67,11 @@ cdef class _ChildExitOp(UringOp):
     cdef int on_close(self, RingLoop loop) except -1:
         self._close_pidfd()
         return 0
+
+
+def _deliver_exit(transport, returncode):
+    if transport._returncode is None:
+        transport._process_exited(returncode)
 
 
 class _PipesAPI:

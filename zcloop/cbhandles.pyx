@@ -2,6 +2,22 @@
 # repr as asyncio.Handle / asyncio.TimerHandle, with the arguments stored in
 # the handle and the context entered through the C API.
 
+# Python >= 3.13 shows a callback's arguments only in debug mode
+# (_format_callback_source grew a debug= keyword).
+try:
+    format_callback_source(len, (), debug=False)
+    _FORMAT_HAS_DEBUG = True
+except TypeError:
+    _FORMAT_HAS_DEBUG = False
+
+
+cdef object _format_cb(Handle h, object callback, object args):
+    if _FORMAT_HAS_DEBUG:
+        return format_callback_source(callback, args,
+                                      debug=h._loop is not None and h._loop._debug)
+    return format_callback_source(callback, args)
+
+
 @cython.no_gc_clear
 cdef class Handle:
 
@@ -23,7 +39,7 @@ cdef class Handle:
         if self._cancelled:
             info.append('cancelled')
         if self._callback is not None:
-            info.append(format_callback_source(self._callback, self._args or ()))
+            info.append(_format_cb(self, self._callback, self._args or ()))
         if self._source_traceback:
             frame = self._source_traceback[-1]
             info.append(f'created at {frame[0]}:{frame[1]}')
@@ -72,7 +88,7 @@ cdef class Handle:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            cb = format_callback_source(callback, args or ())
+            cb = _format_cb(self, callback, args or ())
             context_dict = {
                 'message': f'Exception in callback {cb}',
                 'exception': exc,

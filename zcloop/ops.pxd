@@ -24,3 +24,15 @@ cdef class _FdWatcher(UringOp):
         bint queued
 
     cdef uint32_t wanted_mask(self)
+
+
+cdef class _FutureOp(UringOp):
+    # A ring request awaited through a future.
+    cdef:
+        RingLoop loop
+        object fut
+        uint64_t ud
+
+    cdef object _track_future(self, RingLoop loop, io_uring_sqe *sqe)
+    cdef object _result(self, int32_t res)
+    cdef object _error(self, int32_t res)

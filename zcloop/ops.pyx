@@ -79,3 +79,44 @@ cdef class _FdWatcher(UringOp):
                     loop._add_ready(self.writer)
         loop._schedule_poll(self)
         return 0
+
+
+cdef class _FutureOp(UringOp):
+    # One mechanism for every request a coroutine awaits (connect, splice,
+    # poll waits, sendto, sendall): the CQE resolves the future, and
+    # cancelling the future cancels the request.  Either way the op (and any
+    # memory it holds for the kernel) stays referenced until the final CQE.
+
+    cdef object _track_future(self, RingLoop loop, io_uring_sqe *sqe):
+        """Track the prepared ``sqe`` and return the future it resolves."""
+        self.loop = loop
+        self.ud = loop._track(self)
+        io_uring_sqe_set_data64(sqe, self.ud)
+        if self.fut is None:
+            self.fut = aio_futures.Future(loop=loop)
+            self.fut.add_done_callback(self._fut_done)
+        return self.fut
+
+    cdef object _result(self, int32_t res):
+        return res
+
+    cdef object _error(self, int32_t res):
+        return OSError(-res, os.strerror(-res))
+
+    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
+                    uint32_t flags) except -1:
+        self.ud = 0
+        fut = self.fut
+        if fut is None or fut.done():
+            return 0
+        if res >= 0:
+            fut.set_result(self._result(res))
+        elif res == -ECANCELED:
+            fut.cancel()
+        else:
+            fut.set_exception(self._error(res))
+        return 0
+
+    def _fut_done(self, fut):
+        if fut.cancelled() and self.ud and self.loop is not None:
+            self.loop._cancel_op(self.ud)

@@ -86,17 +86,18 @@ cdef class WritePipeTransport(StreamTransport):
         io_uring_sqe_set_data64(sqe, self._hup_ud)
 
     def write(self, data):
-        if self._closing and not self._conn_lost:
-            # After write_eof()/close(): asyncio drops the data with a warning
-            # once past the threshold.
-            self._conn_lost += 1
-        if self._conn_lost:
+        if self._conn_lost or self._closing:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f'data argument must be a bytes-like object, '
                                 f'not {type(data).__name__!r}')
-            if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning('pipe closed by peer or os.write(pipe, data) raised exception.')
-            self._conn_lost += 1
+            # After write_eof()/close() asyncio drops the data.  _conn_lost
+            # must stay 0 until the connection is lost: the queue still has
+            # to drain, and the stream machinery stops on _conn_lost.
+            if self._conn_lost:
+                if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                    logger.warning('pipe closed by peer or os.write(pipe, data) raised '
+                                   'exception.')
+                self._conn_lost += 1
             return
         StreamTransport.write(self, data)
 

@@ -1,8 +1,5 @@
-cdef class _PollWait(UringOp):
-    cdef:
-        RingLoop loop
-        object fut
-        uint64_t ud
+cdef class _PollWait(_FutureOp):
+    pass
 
 
 # Wait (once) until ``fd`` reports one of ``events`` (POLLIN/POLLOUT/...):

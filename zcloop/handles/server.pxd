@@ -17,11 +17,8 @@ cdef class _AcceptOp(UringOp):
     cdef stop(self)
 
 
-cdef class _ConnectOp(UringOp):
+cdef class _ConnectOp(_FutureOp):
     cdef:
         sockaddr_storage addr
         socklen_t addrlen
-        object fut
         object address
-        uint64_t ud
-        RingLoop loop

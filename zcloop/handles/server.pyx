@@ -105,26 +105,16 @@ def _accept_waiter_done(fut):
         fut.exception()
 
 
-cdef class _ConnectOp(UringOp):
+cdef class _ConnectOp(_FutureOp):
 
-    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
-                    uint32_t flags) except -1:
-        self.ud = 0
-        fut = self.fut
-        if fut.done():
-            return 0
-        if res == 0:
-            fut.set_result(None)
-        elif isinstance(self.address, (str, bytes)):
+    cdef object _result(self, int32_t res):
+        return None
+
+    cdef object _error(self, int32_t res):
+        if isinstance(self.address, (str, bytes)):
             # AF_UNIX: asyncio's connect() fails synchronously, plain message.
-            fut.set_exception(OSError(-res, os.strerror(-res)))
-        else:
-            fut.set_exception(OSError(-res, f'Connect call failed {self.address}'))
-        return 0
-
-    def _cancelled(self, fut):
-        if fut.cancelled() and self.ud:
-            self.loop._cancel_op(self.ud)
+            return OSError(-res, os.strerror(-res))
+        return OSError(-res, f'Connect call failed {self.address}')
 
 
 cdef object ring_connect(RingLoop loop, object sock, object address):
@@ -132,15 +122,10 @@ cdef object ring_connect(RingLoop loop, object sock, object address):
     cdef _ConnectOp op = _ConnectOp()
     cdef io_uring_sqe *sqe
     sockaddr_from_py(sock.family, address, &op.addr, &op.addrlen)
-    op.fut = loop.create_future()
     op.address = address
-    op.loop = loop
     sqe = loop._sqe()
     io_uring_prep_connect(sqe, sock.fileno(), <sockaddr*>&op.addr, op.addrlen)
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
-    op.fut.add_done_callback(op._cancelled)
-    return op.fut
+    return op._track_future(loop, sqe)
 
 
 class Server(aio_events.AbstractServer):

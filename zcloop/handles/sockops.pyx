@@ -1,7 +1,7 @@
 # Low-level sock_* operations on the ring.
 
 @cython.no_gc_clear
-cdef class _SendAllOp(UringOp):
+cdef class _SendAllOp(_FutureOp):
     # SEND with MSG_WAITALL of a pinned buffer; the buffer is released only
     # at the final CQE, even if the awaiting task was cancelled.
 
@@ -34,9 +34,6 @@ cdef class _SendAllOp(UringOp):
             self.fut.set_result(None)
         return 0
 
-    def _cancelled(self, fut):
-        if fut.cancelled() and self.ud:
-            self.loop._cancel_op(self.ud)
 
 
 cdef object ring_sendall(RingLoop loop, object sock, object data):
@@ -45,24 +42,22 @@ cdef object ring_sendall(RingLoop loop, object sock, object data):
     cdef Py_ssize_t sent = 0
     PyObject_GetBuffer(data, &op.view, PyBUF_SIMPLE)
     op.has_view = True
-    op.loop = loop
-    op.fut = loop.create_future()
     # Fast path, as asyncio: the socket usually has room.
     try:
         sent = sock.send(data)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except BaseException as exc:
-        op.fut.set_exception(exc)
-        return op.fut
+        fut = loop.create_future()
+        fut.set_exception(exc)
+        return fut
     if sent >= op.view.len:
-        op.fut.set_result(None)
-        return op.fut
+        fut = loop.create_future()
+        fut.set_result(None)
+        return fut
     op.sock = sock
     op.offset = sent
-    _sendall_submit(loop, op)
-    op.fut.add_done_callback(op._cancelled)
-    return op.fut
+    return _sendall_submit(loop, op)
 
 
 cdef _sendall_submit(RingLoop loop, _SendAllOp op):
@@ -71,5 +66,4 @@ cdef _sendall_submit(RingLoop loop, _SendAllOp op):
     if n > SEND_MAX_REQUEST:
         n = SEND_MAX_REQUEST        # sqe->len is 32 bits; > INT_MAX is EINVAL
     io_uring_prep_send(sqe, op.sock.fileno(), <char*>op.view.buf + op.offset, n, SEND_FLAGS)
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
+    return op._track_future(loop, sqe)

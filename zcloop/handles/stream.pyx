@@ -280,6 +280,8 @@ cdef class StreamTransport(RingTransport):
             else:
                 self._on_eof()
         elif res > 0 or res == -ENOBUFS or res == -ECANCELED:
+            if res == -ENOBUFS:
+                loop._grow_buf_ring()
             # Multishot ended (buffer ring empty, fairness, a cancel from
             # pause_reading): re-arm if we still want data.
             self._start_reading()
@@ -657,7 +659,10 @@ cdef class StreamTransport(RingTransport):
             if self._eof:
                 self._shutdown_write()
             if self._closing and self._send_op is None:
-                self._schedule_connection_lost(None)
+                # asyncio resumes the protocol before connection_lost().
+                self._maybe_resume_protocol()
+                if not self._queue:         # resume_writing() may write more
+                    self._schedule_connection_lost(None)
                 return
         self._maybe_resume_protocol()
 

@@ -35,15 +35,12 @@ cdef class _DgramWritable(UringOp):
     cdef DatagramTransport transport
 
 
-cdef class _SockSendto(UringOp):
+cdef class _SockSendto(_FutureOp):
     cdef:
-        object fut
         object data
         msghdr msg
         iovec iov
         sockaddr_storage addr
-        uint64_t ud
-        RingLoop loop
 
 
 cdef class DatagramTransport(RingTransport):

@@ -25,8 +25,10 @@ cdef size_t _DGRAM_RECV_OTHER = 256 * 1024
 # zerocopy.md W10: bytes one transport may have pinned by SENDMSG_ZC.
 cdef Py_ssize_t _DGRAM_ZC_MAX_PINNED = 4 * 1024 * 1024
 
-# 3.12 sends empty datagrams; 3.11 drops them in sendto().
-cdef bint _DGRAM_SEND_EMPTY = sys.version_info >= (3, 12)
+# Python 3.13 sends empty datagrams (3.11/3.12 drop them in sendto()) and
+# counts 8 bytes of header per buffered datagram in the write buffer size.
+cdef bint _DGRAM_SEND_EMPTY = sys.version_info >= (3, 13)
+cdef Py_ssize_t _DGRAM_HEADER = 8 if sys.version_info >= (3, 13) else 0
 
 
 cdef bint _sockaddr_is_local(const sockaddr_storage *ss):
@@ -42,7 +44,7 @@ cdef bint _sockaddr_is_local(const sockaddr_storage *ss):
         return a[0] == 127 or sin.sin_addr.s_addr == 0
     if ss.ss_family == AF_INET6:
         sin6 = <const sockaddr_in6*>ss
-        a = sin6.sin6_addr.s6_addr
+        a = <const unsigned char*>sin6.sin6_addr.s6_addr
         for i in range(10):
             if a[i] != 0:
                 return False
@@ -150,37 +152,10 @@ cdef class _DgramWritable(UringOp):
         return 0
 
 
-@cython.final
-cdef class _SockSendto(UringOp):
+cdef class _SockSendto(_FutureOp):
     # loop.sock_sendto() when the direct sendto() would block: one SENDMSG
-    # with the destination, resolving ``fut`` with the byte count.
-
-    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
-                    uint32_t flags) except -1:
-        fut = self.fut
-        self.fut = None
-        self.loop = None
-        self.ud = 0
-        if fut is None or fut.done():
-            return 0
-        if res >= 0:
-            fut.set_result(res)
-        elif res == -ECANCELED:
-            fut.cancel()
-        else:
-            fut.set_exception(OSError(-res, os.strerror(-res)))
-        return 0
-
-    cdef int on_close(self, RingLoop loop) except -1:
-        self.fut = None
-        self.loop = None
-        self.ud = 0
-        return 0
-
-    def _fut_done(self, fut):
-        cdef RingLoop loop = self.loop
-        if self.ud and loop is not None:
-            loop._cancel_op(self.ud)
+    # with the destination, resolving the future with the byte count.
+    pass
 
 
 cdef object _sock_sendto_submit(RingLoop loop, object sock, object data, object address):
@@ -201,15 +176,9 @@ cdef object _sock_sendto_submit(RingLoop loop, object sock, object data, object 
     op.msg.msg_control = NULL
     op.msg.msg_controllen = 0
     op.msg.msg_flags = 0
-    fut = aio_futures.Future(loop=loop)
     sqe = loop._sqe()
     io_uring_prep_sendmsg(sqe, sock.fileno(), &op.msg, MSG_NOSIGNAL)
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
-    op.loop = loop
-    op.fut = fut
-    fut.add_done_callback(op._fut_done)
-    return fut
+    return op._track_future(loop, sqe)
 
 
 cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, object protocol,
@@ -386,7 +355,7 @@ cdef class DatagramTransport(RingTransport):
         op.counted = True
         op.seq = self._send_seq
         self._send_seq += 1
-        self._buf_bytes += op.nbytes
+        self._buf_bytes += op.nbytes + _DGRAM_HEADER
         self._queue.append(op)
         self._schedule_flush()
         self._maybe_pause_protocol()
@@ -500,7 +469,7 @@ cdef class DatagramTransport(RingTransport):
                 self._requeue(op, flags)
             else:
                 op.counted = False
-                self._buf_bytes -= op.nbytes
+                self._buf_bytes -= op.nbytes + _DGRAM_HEADER
                 if res < 0:
                     self._send_errors.append(OSError(-res, os.strerror(-res)))
                 elif op.zc:

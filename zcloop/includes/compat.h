@@ -62,13 +62,15 @@ static inline unsigned zc_reap(struct io_uring *ring, zc_cqe *out, unsigned max)
     return n;
 }
 
-/* Provided-buffer ring: `entries` buffers of `buf_size` bytes, group `bgid`.
- * Returns the ring (buffers follow it in the same mapping) or NULL with -errno
- * in *err.  liburing 2.3 ignores the flags argument of
+/* Provided-buffer ring with room for `entries` buffers of `buf_size` bytes
+ * (group `bgid`), of which the first `initial` are provided now.  Returns the
+ * ring (buffer memory follows it in the same mapping, touched only when used)
+ * or NULL with -errno in *err.  liburing 2.3 ignores the flags argument of
  * io_uring_register_buf_ring, so flags go into reg.pad (newer: reg.flags). */
 static inline struct io_uring_buf_ring *
 zc_buf_ring_setup(struct io_uring *ring, unsigned entries, unsigned buf_size,
-                  int bgid, unsigned short flags, char **bufs_out, size_t *map_len, int *err)
+                  int bgid, unsigned short flags, unsigned initial, char **bufs_out,
+                  size_t *map_len, int *err)
 {
     struct io_uring_buf_reg reg;
     struct io_uring_buf_ring *br;
@@ -98,14 +100,26 @@ zc_buf_ring_setup(struct io_uring *ring, unsigned entries, unsigned buf_size,
     }
     io_uring_buf_ring_init(br);
     bufs = (char *)br + ring_bytes;
-    for (i = 0; i < entries; i++)
+    for (i = 0; i < initial; i++)
         io_uring_buf_ring_add(br, bufs + (size_t)i * buf_size, buf_size, i,
                               io_uring_buf_ring_mask(entries), i);
-    io_uring_buf_ring_advance(br, entries);
+    io_uring_buf_ring_advance(br, initial);
     *bufs_out = bufs;
     *map_len = len;
     *err = 0;
     return br;
+}
+
+/* Provide buffers [first, first + count) for the first time. */
+static inline void zc_buf_ring_provide(struct io_uring_buf_ring *br, char *bufs,
+                                       unsigned buf_size, unsigned entries,
+                                       unsigned first, unsigned count)
+{
+    unsigned i;
+    for (i = 0; i < count; i++)
+        io_uring_buf_ring_add(br, bufs + (size_t)(first + i) * buf_size, buf_size,
+                              first + i, io_uring_buf_ring_mask(entries), i);
+    io_uring_buf_ring_advance(br, count);
 }
 
 /* Give buffer `bid` back to the kernel. */

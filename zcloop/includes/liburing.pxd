@@ -131,8 +131,10 @@ cdef extern from "compat.h" nogil:
 
     # provided buffer rings (helpers in compat.h)
     io_uring_buf_ring *zc_buf_ring_setup(io_uring *ring, unsigned entries, unsigned buf_size,
-                                         int bgid, unsigned short flags, char **bufs_out,
-                                         size_t *map_len, int *err)
+                                         int bgid, unsigned short flags, unsigned initial,
+                                         char **bufs_out, size_t *map_len, int *err)
+    void zc_buf_ring_provide(io_uring_buf_ring *br, char *bufs, unsigned buf_size,
+                             unsigned entries, unsigned first, unsigned count)
     void zc_buf_ring_recycle(io_uring_buf_ring *br, char *bufs, unsigned buf_size,
                              unsigned entries, unsigned bid)
     int io_uring_unregister_buf_ring(io_uring *ring, int bgid)

@@ -1,0 +1,180 @@
+"""Summaries, the Markdown table and the PNG charts of a benchmark run."""
+import statistics
+
+from harness import REFERENCE
+
+GROUP_TITLES = {
+    "micro": "Micro benchmarks (in-process, ops/s)",
+    "echo-protocol": "TCP echo, Protocol API (C echo_client)",
+    "echo-streams": "TCP echo, Streams API (C echo_client)",
+    "oneway": "One-way streams: client sends, server counts and acks each message",
+    "http": "HTTP: aiohttp hello world (wrk)",
+    "websockets": "WebSocket echo (Python websockets client)",
+}
+CLIENT_BOUND = "client-bound"
+#: Share of the window the server waited for its CPU (other processes ran
+#: there) above which a cell is flagged: the machine was not quiet.
+CONTENDED = 0.05
+
+
+def summarize(samples, syscalls_per_op=None):
+    """Median of each metric over the successful samples of one cell."""
+    ok = [s for s in samples if "error" not in s]
+    failed = [s for s in samples if "error" in s]
+    if not ok:
+        return {"error": failed[0]["error"] if failed else "not run"}
+
+    def median(key):
+        values = [s[key] for s in ok if s.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    values = [s["throughput"] for s in ok]
+    summary = {key: median(key) for key in ("throughput", "cpu_us_per_op", "p50_us", "p99_us",
+                                            "contention")}
+    summary.update(
+        spread=(max(values) - min(values)) / summary["throughput"],
+        client_bound=sum(bool(s.get("client_bound")) for s in ok) * 2 > len(ok),
+        samples=len(ok), failed=len(failed), syscalls_per_op=syscalls_per_op)
+    if failed:
+        summary["failure"] = failed[0]["error"]
+    return summary
+
+
+def base_loop(loops):
+    """Ratios are against uvloop, the bar to beat, when it was measured."""
+    return "uvloop" if "uvloop" in loops else loops[0]
+
+
+def ratio(row, contender, base, key="throughput"):
+    mine = row["results"].get(contender, {}).get("summary", {})
+    theirs = row["results"].get(base, {}).get("summary", {})
+    if mine.get(key) is None or not theirs.get(key):
+        return None
+    return mine[key] / theirs[key]
+
+
+def fmt(value, digits=0, suffix=""):
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def cell_notes(summary):
+    notes = []
+    if summary.get("client_bound"):
+        notes.append(CLIENT_BOUND)
+    if summary.get("failed"):
+        notes.append(f"{summary['failed']} sample(s) failed: {summary['failure']}")
+    if (summary.get("contention") or 0) > CONTENDED:
+        notes.append(f"CPU contention {summary['contention']:.0%}")
+    if summary.get("spread", 0) > 0.10:
+        notes.append(f"spread {summary['spread']:.0%}")
+    return "; ".join(notes)
+
+
+def markdown(results, charts):
+    loops, settings, machine = results["loops"], results["settings"], results["machine"]
+    versions = results["versions"]
+    base = base_loop(loops)
+    lines = [
+        "# zcloop benchmark results",
+        "",
+        f"- date: {results['date']} (took {results['elapsed_s']:.0f} s)"
+        f"{', quick mode' if settings['quick'] else ''}",
+        f"- machine: {machine['cpu_model']}, {machine['nproc']} CPUs; server on CPU "
+        f"{machine['server_cpu']}, load generator on CPU {machine['client_cpu']}",
+        f"- kernel: {machine['uname']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        f"- method: {settings['rounds']} interleaved rounds, median shown; windows of "
+        f"{settings['duration']} s after {settings['warmup']} s warm-up (wrk: "
+        f"{settings['http_duration']} s); 'vs {base}' compares medians of the same run.",
+        "",
+    ]
+    header = ("| workload | loop | throughput | vs " + base + " | server CPU µs/op "
+              "| p50 / p99 µs | syscalls/op | notes |")
+    groups = list(dict.fromkeys(row["group"] for row in results["rows"]))
+    for group in groups:
+        lines += [f"## {GROUP_TITLES.get(group, group)}", "", header,
+                  "|---|---|--:|--:|--:|--:|--:|---|"]
+        for row in (r for r in results["rows"] if r["group"] == group):
+            for index, (contender, cell) in enumerate(row["results"].items()):
+                summary = cell["summary"]
+                name = row["name"] if index == 0 else ""
+                label = f"{contender} (reference)" if contender == REFERENCE else contender
+                if "error" in summary:
+                    lines.append(f"| {name} | {label} | error | | | | | "
+                                 f"{summary['error'][:160].replace('|', '/')} |")
+                    continue
+                digits = 1 if row["unit"] == "MB/s" else 0
+                latency = ("-" if summary["p50_us"] is None else
+                           f"{summary['p50_us']:,.0f} / {summary['p99_us']:,.0f}")
+                lines.append(
+                    f"| {name} | {label} | {fmt(summary['throughput'], digits)} {row['unit']} "
+                    f"| {fmt(ratio(row, contender, base), 2, 'x')} "
+                    f"| {fmt(summary['cpu_us_per_op'], 2)} | {latency} "
+                    f"| {fmt(summary['syscalls_per_op'], 2)} "
+                    f"| {cell_notes(summary).replace('|', '/')} |")
+        if group in charts:
+            lines += ["", f"![{group}]({charts[group]})"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw_bars(ax, rows, contenders, base, key, colors):
+    """Grouped bars: one group per row, one bar per contender, `key` relative to base."""
+    width = 0.8 / len(contenders)
+    for i, contender in enumerate(contenders):
+        positions, values = [], []
+        for x, row in enumerate(rows):
+            position = x - 0.4 + width * (i + 0.5)
+            value = ratio(row, contender, base, key)
+            if value is not None:
+                positions.append(position)
+                values.append(value)
+            elif contender in row["results"]:  # measured but failed
+                ax.text(position, 0.02, "error", ha="center", va="bottom", fontsize=7,
+                        color="red", rotation=90)
+        bars = ax.bar(positions, values, width, label=contender,
+                      color=colors.get(contender, "#999999"))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.margins(y=0.15)
+
+
+def charts(results, out_dir):
+    """One PNG per group: throughput (top) and server CPU per op (bottom) of
+    every contender relative to the base loop.  Returns {group: file name}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = base_loop(results["loops"])
+    colors = {"asyncio": "#8c8c8c", "uvloop": "#4c72b0", "zcloop": "#dd8452",
+              REFERENCE: "#55a868"}
+    written = {}
+    for group in dict.fromkeys(row["group"] for row in results["rows"]):
+        rows = [r for r in results["rows"] if r["group"] == group]
+        contenders = list(dict.fromkeys(c for r in rows for c in r["results"]))
+        fig, (top, bottom) = plt.subplots(2, 1, sharex=True,
+                                          figsize=(max(6.0, 2.0 * len(rows) + 2), 7))
+        draw_bars(top, rows, contenders, base, "throughput", colors)
+        top.set_ylabel(f"throughput / {base}\n(higher is better)")
+        top.set_title(GROUP_TITLES.get(group, group), fontsize=10)
+        top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        draw_bars(bottom, rows, contenders, base, "cpu_us_per_op", colors)
+        bottom.set_ylabel(f"server CPU per op / {base}\n(lower is better)")
+        labels = []
+        for row in rows:
+            summary = row["results"].get(base, {}).get("summary", {})
+            labels.append(row["name"] if summary.get("throughput") is None else
+                          f"{row['name']}\n{base}: {summary['throughput']:,.0f} {row['unit']},"
+                          f"\n{summary['cpu_us_per_op']:.2f} µs/op")
+        bottom.set_xticks(range(len(rows)))
+        bottom.set_xticklabels(labels, fontsize=8)
+        fig.tight_layout()
+        name = f"{group}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written[group] = name
+    return written

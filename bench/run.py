@@ -1,0 +1,299 @@
+"""zcloop benchmark suite: every workload on every loop, side by side, in one run.
+
+    python bench/run.py [--quick] [--loops asyncio,uvloop,zcloop] [--out bench/out]
+                        [--only PATTERN] [--syscalls]
+
+Servers run pinned to CPU 0, load generators to CPU 1.  Rounds are
+interleaved (round robin over loops, order rotated every round) and each cell
+is the median over rounds.  A failing cell records its error and the run goes
+on.  Writes results-<date>.json, results.md and one PNG chart per group to
+--out.  See docs/benchmarks.md.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import harness
+import report
+from harness import REFERENCE, BenchError, Server, SyscallCounter, run_load
+
+LOOPS = ("asyncio", "uvloop", "zcloop")
+#: Client CPU time / window wall time at which a row counts as client-bound.
+CLIENT_BOUND_BUSY = 0.9
+KiB, MiB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int
+    duration: float       # measured window per sample, seconds
+    warmup: float         # traffic before the window, seconds
+    http_duration: float  # wrk has no warm-up: one longer window
+
+
+QUICK = Settings(rounds=3, duration=0.8, warmup=0.2, http_duration=2)
+FULL = Settings(rounds=3, duration=2.5, warmup=0.5, http_duration=5)
+
+
+@dataclass(frozen=True)
+class Workload:
+    group: str            # table section and chart
+    name: str             # row label
+    server: str | None    # kind in bench/servers.py; None: the client itself runs on the loop
+    client: tuple         # argv; {bin} {bench} {python} {port} {duration} {warmup} are filled in
+    unit: str             # req/s, MB/s or ops/s
+    reference: bool = False  # also measured against the C io_uring echo server
+
+    def command(self, port, settings):
+        duration = settings.http_duration if self.client[0] == "wrk" else settings.duration
+        values = {"bin": harness.BIN, "bench": harness.BENCH, "python": sys.executable,
+                  "port": port, "duration": duration, "warmup": settings.warmup}
+        return [part.format(**values) for part in self.client]
+
+
+def size_label(size):
+    return f"{size // MiB}MiB" if size >= MiB else f"{size // KiB}KiB"
+
+
+def define_workloads(quick):
+    rows = []
+    for name in ("call_soon", "call_later", "sleep0"):
+        rows.append(Workload("micro", name, None, (
+            "{python}", "{bench}/micro.py", name, "--duration", "{duration}",
+            "--warmup", "{warmup}"), "ops/s"))
+
+    echo_cells = [(s, c) for s in (KiB, 10 * KiB, 100 * KiB) for c in (1, 10, 100)]
+    quick_cells = {"protocol": [(KiB, 1), (KiB, 10), (10 * KiB, 10), (100 * KiB, 10)],
+                   "streams": [(KiB, 10), (100 * KiB, 10)]}
+    for api in ("protocol", "streams"):
+        for size, conns in quick_cells[api] if quick else echo_cells:
+            rows.append(Workload(f"echo-{api}", f"echo {api} {size_label(size)} c{conns}",
+                                 f"echo-{api}", (
+                "{bin}/echo_client", "-p", "{port}", "-c", str(conns), "-s", str(size),
+                "-d", "{duration}", "-w", "{warmup}"), "req/s", reference=api == "protocol"))
+
+    oneway_cells = ([("protocol", MiB), ("streams", 16 * MiB)] if quick else
+                    [(api, size) for api in ("protocol", "streams") for size in (MiB, 16 * MiB)])
+    for api, size in oneway_cells:
+        rows.append(Workload("oneway", f"one-way {api} {size_label(size)}", f"sink-{api}", (
+            "{bin}/echo_client", "-m", "oneway", "-p", "{port}", "-c", "1", "-s", str(size),
+            "-d", "{duration}", "-w", "{warmup}"), "MB/s"))
+
+    rows.append(Workload("http", "aiohttp hello wrk -c50", "http-aiohttp", (
+        "wrk", "-t1", "-c50", "-d{duration}s", "-s", "{bench}/wrk_json.lua",
+        "http://127.0.0.1:{port}/"), "req/s"))
+    rows.append(Workload("websockets", "websockets echo 64B c10", "ws-echo", (
+        "{python}", "{bench}/ws_client.py", "--port", "{port}", "--connections", "10",
+        "--size", "64", "--duration", "{duration}", "--warmup", "{warmup}"), "msg/s"))
+    return rows
+
+
+def unavailable_reason(workload, build_error):
+    if workload.client[0] == "wrk" and not shutil.which("wrk"):
+        return "skipped: wrk not installed"
+    if workload.client[0].startswith("{bin}") and build_error:
+        return f"skipped: C helpers not built ({build_error})"
+    return None
+
+
+def throughput(sample, unit):
+    if unit == "MB/s":
+        return sample["bytes"] / sample["duration"] / 1e6
+    return sample["ops"] / sample["duration"]
+
+
+class Suite:
+    def __init__(self, workloads, loops, settings, syscalls, build_error):
+        self.workloads, self.loops, self.settings = workloads, loops, settings
+        self.syscalls = syscalls
+        self.build_error = build_error
+        self.samples = {w.name: {c: [] for c in self.contenders(w)} for w in workloads}
+        self.syscalls_per_op = {w.name: {} for w in workloads}
+        self.total = settings.rounds * sum(len(self.contenders(w)) for w in workloads)
+        self.done = 0
+
+    def contenders(self, workload):
+        if workload.reference and not self.build_error:
+            return [*self.loops, REFERENCE]
+        return list(self.loops)
+
+    def progress(self, workload, contender, label, sample):
+        self.done += 1
+        if "error" in sample:
+            text = f"error: {sample['error']}"
+        else:
+            text = f"{sample['throughput']:,.0f} {workload.unit}"
+            if sample.get("client_bound"):
+                text += " (client-bound)"
+        print(f"[{self.done}/{self.total}] {workload.name} | {contender} | {label}: {text}",
+              file=sys.stderr, flush=True)
+
+    def run(self):
+        by_server = {}
+        for workload in self.workloads:
+            by_server.setdefault(workload.server, []).append(workload)
+        for kind, workloads in by_server.items():
+            self.run_server_group(kind, workloads)
+
+    def run_server_group(self, kind, workloads):
+        """One server per contender for the whole group (CPU is sampled per
+        window, so idle servers of other loops cost nothing)."""
+        skipped = {w.name: unavailable_reason(w, self.build_error) for w in workloads}
+        contenders = list(dict.fromkeys(c for w in workloads for c in self.contenders(w)))
+        servers, failures = {}, {}
+        if kind is not None and not all(skipped.values()):
+            for contender in contenders:
+                try:
+                    servers[contender] = Server(kind, contender)
+                except BenchError as exc:
+                    failures[contender] = str(exc)
+                    print(f"{kind} on {contender}: {exc}", file=sys.stderr, flush=True)
+        try:
+            for round_index in range(self.settings.rounds):
+                for workload in workloads:
+                    order = self.contenders(workload)
+                    # Rotate the order each round so no loop always goes first.
+                    shift = round_index % len(order)
+                    for contender in order[shift:] + order[:shift]:
+                        reason = skipped[workload.name] or failures.get(contender)
+                        server = servers.get(contender)
+                        sample = ({"error": reason} if reason else
+                                  self.measure(workload, contender, server))
+                        if server and server.proc.poll() is not None:
+                            failures[contender] = sample.get("error") or "server exited"
+                        self.samples[workload.name][contender].append(sample)
+                        self.progress(workload, contender, f"round {round_index + 1}", sample)
+            if self.syscalls and kind is not None:
+                for workload in workloads:
+                    for contender in self.contenders(workload):
+                        if not (skipped[workload.name] or contender in failures):
+                            self.count_syscalls(workload, contender, servers[contender])
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    def measure(self, workload, contender, server):
+        if server is None:  # micro benchmark: the program itself runs on the loop
+            command = workload.command(0, self.settings)
+            run = dict(env=harness.loop_env(contender), cpu=harness.SERVER_CPU)
+        else:
+            command = workload.command(server.port, self.settings)
+            run = dict(server=server)
+        timeout = self.settings.warmup + max(self.settings.duration,
+                                             self.settings.http_duration) + 30
+        try:
+            sample = run_load(command, timeout=timeout, **run)
+        except BenchError as exc:
+            return {"error": str(exc)}
+        if not sample.get("ops"):
+            return {"error": "no operation completed", "raw": sample}
+        running_loop = sample.get("loop", harness.LOOP_PREFIX[contender])
+        if not running_loop.startswith(harness.LOOP_PREFIX[contender]):
+            return {"error": f"ran on {running_loop}, not {contender}"}
+        sample["throughput"] = throughput(sample, workload.unit)
+        sample["cpu_us_per_op"] = (None if sample["server_cpu"] is None else
+                                   sample["server_cpu"] / sample["ops"] * 1e6)
+        # A load generator using its whole CPU may be what limits the row.
+        sample["client_bound"] = (sample["client_busy"] or 0) >= CLIENT_BOUND_BUSY
+        return sample
+
+    def count_syscalls(self, workload, contender, server):
+        """One extra sample under perf; syscalls per op over the client's lifetime."""
+        with SyscallCounter() as counter:
+            sample = self.measure(workload, contender, server)
+        if "error" not in sample and counter.count is not None:
+            per_op = counter.count / sample["total_ops"]
+            self.syscalls_per_op[workload.name][contender] = per_op
+            print(f"        {workload.name} | {contender} | syscalls: {per_op:.2f}/op",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"        {workload.name} | {contender} | syscalls: "
+                  f"{sample.get('error', 'perf gave no count')}", file=sys.stderr, flush=True)
+
+    def results(self):
+        rows = []
+        for workload in self.workloads:
+            cells = {}
+            for contender, samples in self.samples[workload.name].items():
+                cells[contender] = {
+                    "samples": samples,
+                    "summary": report.summarize(samples,
+                                                self.syscalls_per_op[workload.name].get(contender)),
+                }
+            rows.append({**asdict(workload), "results": cells})
+        return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Run the zcloop benchmark suite.")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer rows, shorter windows (about 3 minutes)")
+    parser.add_argument("--loops", default="asyncio,uvloop,zcloop",
+                        help="comma-separated loops (default: %(default)s)")
+    parser.add_argument("--out", default=str(harness.BENCH / "out"), help="output directory")
+    parser.add_argument("--only", metavar="PATTERN",
+                        help="only workloads whose group or name matches this regex")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="one extra sample per cell under `perf stat` for syscalls/op")
+    args = parser.parse_args()
+
+    loops = [name.strip() for name in args.loops.split(",") if name.strip()]
+    if not loops or set(loops) - set(LOOPS):
+        parser.error(f"--loops takes a comma-separated subset of {', '.join(LOOPS)}")
+    settings = QUICK if args.quick else FULL
+    if args.rounds:
+        settings = Settings(args.rounds, settings.duration, settings.warmup,
+                            settings.http_duration)
+    workloads = define_workloads(args.quick)
+    if args.only:
+        pattern = re.compile(args.only)
+        workloads = [w for w in workloads if pattern.search(w.group) or pattern.search(w.name)]
+        if not workloads:
+            parser.error(f"no workload matches {args.only!r}")
+    if harness.SERVER_CPU is None:
+        print("warning: fewer than 2 CPUs, server and client are not pinned", file=sys.stderr)
+    if args.syscalls and (reason := SyscallCounter.unavailable_reason()):
+        print(f"warning: --syscalls disabled: {reason}", file=sys.stderr)
+        args.syscalls = False
+
+    build_error = harness.build_c_helpers()
+    if build_error:
+        print(f"warning: {build_error}; rows needing bench/bin are skipped", file=sys.stderr)
+    if harness.CLIENT_CPU is not None:
+        # Keep this (mostly idle) harness off the server's CPU.
+        os.sched_setaffinity(0, {harness.CLIENT_CPU})
+
+    started = datetime.datetime.now()
+    suite = Suite(workloads, loops, settings, args.syscalls, build_error)
+    suite.run()
+    results = {
+        "date": started.isoformat(timespec="seconds"),
+        "elapsed_s": round((datetime.datetime.now() - started).total_seconds(), 1),
+        "machine": harness.machine_info(),
+        "versions": harness.versions(),
+        "settings": {**asdict(settings), "quick": args.quick, "syscalls": args.syscalls},
+        "loops": loops,
+        "rows": suite.results(),
+    }
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"results-{started:%Y%m%d-%H%M%S}.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    charts = report.charts(results, out)
+    markdown = report.markdown(results, charts)
+    (out / "results.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {json_path}, {out / 'results.md'} and {len(charts)} chart(s) in {out}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
