@@ -840,6 +840,40 @@ async def _child_echo():
 
 
 # ----------------------------------------------------------------------
+# No pidfd (seccomp profiles, valgrind, EMFILE): subprocesses still work
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("err", [errno.ENOSYS, errno.EPERM, errno.EMFILE])
+def test_subprocess_without_pidfd(err, monkeypatch):
+    def no_pidfd(pid, flags=0):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    collect()
+    before = fd_set()
+
+    async def main(loop):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read()[::-1])",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(b"abcdef"), 20)
+        proc2 = await asyncio.create_subprocess_exec("sleep", "30")
+        proc2.kill()
+        rc2 = await asyncio.wait_for(proc2.wait(), 20)
+        proc3 = await asyncio.create_subprocess_exec("sh", "-c", "exit 7")
+        rc3 = await asyncio.wait_for(proc3.wait(), 20)
+        return out, proc.returncode, rc2, rc3
+
+    (out, rc, rc2, rc3), errors = run("zcloop", main)
+    count_fault("no_pidfd")
+    assert (out, rc, rc2, rc3) == (b"fedcba", 0, -9, 7)
+    assert errors.contexts == []
+    collect()
+    after = fd_set()
+    assert describe_fds({fd: after[fd] for fd in set(after) - set(before)}) == {}
+
+
+# ----------------------------------------------------------------------
 # loop.close() with operations in flight
 
 

@@ -451,3 +451,20 @@ def test_timers_and_threadsafe_callbacks():
     assert stats["fired_cancelled"] == 0 and stats["fired_early"] == 0
     assert stats["ordered"] and stats["threadsafe_in_order"]
     assert errors.contexts == []
+
+
+# ----------------------------------------------------------------------
+# `make stress` runs this file only (with ZCLOOP_STRESS=long): collect the
+# long variants of the other reliability files here too.  In the short
+# form they run from their own files.
+
+if LONG:
+    from test_badinput import test_huge_writes_in_subprocess  # noqa: F401,E402
+    from test_faults import test_buffer_ring_exhaustion_no_data_lost  # noqa: F401,E402
+    from test_memory import (  # noqa: F401,E402
+        test_every_pinned_buffer_released_and_unreferenced,
+        test_no_fd_leak_across_apis,
+        test_no_reference_leak_over_100k_operations,
+        test_rss_flat_over_long_request_run,
+    )
+    from test_model import test_transport_model, test_zz_record_model  # noqa: F401,E402

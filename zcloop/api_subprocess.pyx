@@ -74,6 +74,22 @@ def _deliver_exit(transport, returncode):
         transport._process_exited(returncode)
 
 
+def _wait_child_thread(loop, pid, transport):
+    try:
+        _, status = os.waitpid(pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        # Reaped by Popen.poll() (transport.close()): it has the code.
+        proc = getattr(transport, '_proc', None)
+        returncode = proc.returncode if proc is not None else None
+        if returncode is None:
+            returncode = 255
+    try:
+        loop.call_soon_threadsafe(_deliver_exit, transport, returncode)
+    except RuntimeError:
+        pass        # the loop is closed
+
+
 class _PipesAPI:
 
     async def connect_read_pipe(self, protocol_factory, pipe):
@@ -155,9 +171,17 @@ class _PipesAPI:
             waiter=waiter, extra=extra, **kwargs)
         op = _ChildExitOp()
         op.pid = transp.get_pid()
-        op.pidfd = os.pidfd_open(op.pid)
-        op.transport = transp
-        op.arm(<RingLoop>self)
+        try:
+            op.pidfd = os.pidfd_open(op.pid)
+        except OSError:
+            # No pidfd (ENOSYS/EPERM in some sandboxes and under valgrind,
+            # EMFILE): wait in a thread as asyncio's ThreadedChildWatcher
+            # does, rather than leave the child running and unreaped.
+            threading.Thread(target=_wait_child_thread, args=(self, op.pid, transp),
+                             name=f'zcloop-waitpid-{op.pid}', daemon=True).start()
+        else:
+            op.transport = transp
+            op.arm(<RingLoop>self)
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):

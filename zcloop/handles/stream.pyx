@@ -12,6 +12,12 @@ cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front 
 cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
 cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
 cdef int SEND_FLAGS = MSG_WAITALL | MSG_NOSIGNAL
+if sys.version_info >= (3, 12):
+    _WRITELINES_AFTER_EOF = 'Cannot call writelines() after write_eof()'
+    _WRITELINES_DURING_SENDFILE = 'unable to writelines; sendfile is in progress'
+else:
+    _WRITELINES_AFTER_EOF = 'Cannot call write() after write_eof()'
+    _WRITELINES_DURING_SENDFILE = 'unable to write; sendfile is in progress'
 
 
 @cython.no_gc_clear
@@ -385,6 +391,11 @@ cdef class StreamTransport(RingTransport):
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return
+        if self._closing:
+            # After close() nothing more goes out.  (asyncio drops these too
+            # unless its buffer was non-empty at close(); zcloop's queue
+            # almost always is, since nothing is sent inline.)
+            return
         self._enqueue(data, n)
 
     def writelines(self, list_of_data):
@@ -395,6 +406,11 @@ cdef class StreamTransport(RingTransport):
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f'data argument must be a bytes-like object, '
                                 f'not {type(data).__name__!r}')
+        if self._eof:
+            # asyncio checks even for an empty list (3.11: via write(b'')).
+            raise RuntimeError(_WRITELINES_AFTER_EOF)
+        if self._empty_waiter is not None:
+            raise RuntimeError(_WRITELINES_DURING_SENDFILE)
         for data in list_of_data:
             self.write(data)
 
@@ -433,6 +449,10 @@ cdef class StreamTransport(RingTransport):
         elif self._conn_lost:
             self._conn_lost += 1
             handle._set_sent(ConnectionResetError('Connection lost'))
+            pinned._unref()
+        elif self._closing:
+            # After close() nothing more goes out (as write()).
+            handle._set_sent(ConnectionAbortedError('Transport is closing'))
             pinned._unref()
         else:
             self._enqueue(pinned, pinned.view.len)
