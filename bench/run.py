@@ -1,13 +1,14 @@
 """zcloop benchmark suite: every workload on every loop, side by side, in one run.
 
     python bench/run.py [--quick] [--loops asyncio,uvloop,zcloop] [--out bench/out]
-                        [--only PATTERN] [--syscalls]
+                        [--only PATTERN] [--syscalls] [--publish [DIR]]
 
 Servers run pinned to CPU 0, load generators to CPU 1.  Rounds are
 interleaved (round robin over loops, order rotated every round) and each cell
 is the median over rounds.  A failing cell records its error and the run goes
 on.  Writes results-<date>.json, results.md and one PNG chart per group to
---out.  See docs/benchmarks.md.
+--out; --publish also puts a full run into bench/results/ (bench/publish.py).
+See docs/benchmarks.md.
 """
 import argparse
 import contextlib
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import harness
+import publish
 import report
 from harness import (REFERENCE, BenchError, NetNamespace, Server, SyscallCounter, TLSMaterial,
                      run_load)
@@ -317,7 +319,14 @@ def main():
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--syscalls", action="store_true",
                         help="one extra sample per cell under `perf stat` for syscalls/op")
+    parser.add_argument("--publish", metavar="DIR", nargs="?", const=str(publish.DEFAULT_DEST),
+                        help="after the run, copy results.md, the JSON and the charts to "
+                             "DIR/latest (default DIR: %(const)s); full runs only, see "
+                             "bench/publish.py")
     args = parser.parse_args()
+    if args.publish and (args.quick or args.only or args.loops != parser.get_default("loops")):
+        parser.error("--publish is for full runs (no --quick, --only or --loops); "
+                     "bench/publish.py --allow-partial publishes another run by hand")
 
     loops = [name.strip() for name in args.loops.split(",") if name.strip()]
     if not loops or set(loops) - set(LOOPS):
@@ -371,6 +380,9 @@ def main():
     print(markdown)
     print(f"wrote {json_path}, {out / 'results.md'} and {len(charts)} chart(s) in {out}",
           file=sys.stderr)
+    if args.publish:
+        published = publish.publish(json_path, Path(args.publish))
+        print(f"published to {published}", file=sys.stderr)
 
 
 if __name__ == "__main__":
