@@ -139,7 +139,8 @@ def markdown(results, charts):
         "# zcloop benchmark results",
         "",
         f"- date: {results['date']} (took {results['elapsed_s']:.0f} s)"
-        f"{', quick mode' if settings['quick'] else ''}",
+        f"{', quick mode' if settings['quick'] else ''}"
+        f"{', only rows matching ' + repr(settings['only']) if settings.get('only') else ''}",
         f"- machine: {machine['cpu_model']}, {machine['nproc']} CPUs; server on CPU "
         f"{machine['server_cpu']}, load generator on CPU {machine['client_cpu']}",
         f"- kernel: {machine['uname']}",
