@@ -56,7 +56,19 @@ def sum_server_stats(samples):
             total[key] = sum(z[key] for z in zc)
     released = [st["released"] for st in stats if st.get("released")]
     if released:
-        total["released"] = {key: sum(r[key] for r in released) for key in released[0]}
+        total["released"] = add_counts(released)
+    return total
+
+
+def add_counts(dicts):
+    """Sum dicts of counts key by key (nested dicts too)."""
+    total = {}
+    for counts in dicts:
+        for key, value in counts.items():
+            if isinstance(value, dict):
+                total[key] = add_counts([total.get(key, {}), value])
+            else:
+                total[key] = total.get(key, 0) + value
     return total
 
 
@@ -108,8 +120,11 @@ def zero_copy_notes(stats):
         notes.append(f"write() demoted to copy on {stats['demotions']} of "
                      f"{stats['connections']} connections")
     if released := stats.get("released"):
-        notes.append(f"write_zc released: {released['zerocopy']:,} zero-copy, "
-                     f"{released['copied']:,} copied"
+        outcomes = ", ".join(f"{key} {value}" for key, value
+                             in sorted(released.get("zerocopy_sent", {}).items()))
+        notes.append(f"write_zc released: {released['zerocopy']:,} zero-copy"
+                     + (f" (their sent: {outcomes})" if outcomes else "")
+                     + f", {released['copied']:,} copied"
                      + (f", {released['unknown']:,} unknown" if released["unknown"] else "")
                      + (f", {released['pending']:,} still pending" if released["pending"]
                         else ""))

@@ -108,6 +108,7 @@ class SourceProtocol(asyncio.Protocol):
         self.written = 0
         self.released = {True: 0, False: 0, None: 0}  # write_zc: released's results
         self.unreleased = set()  # write_zc handles whose `released` is pending
+        self.zero_copy_sent = {}  # outcome of `sent` -> count, for released == True
 
     def data_received(self, data):
         if self.payload is not None:
@@ -138,14 +139,23 @@ class SourceProtocol(asyncio.Protocol):
             if self.zero_copy:
                 handle = self.transport.write_zc(self.payload)
                 self.unreleased.add(handle.released)
-                handle.released.add_done_callback(self.on_released)
+                handle.released.add_done_callback(
+                    lambda released, handle=handle: self.on_released(handle))
             else:
                 self.transport.write(self.payload)
             self.written += len(self.payload)
 
-    def on_released(self, released):
-        self.unreleased.discard(released)
-        self.released[released.result()] += 1
+    def on_released(self, handle):
+        self.unreleased.discard(handle.released)
+        zero_copy = handle.released.result()
+        self.released[zero_copy] += 1
+        if zero_copy:
+            # Did such a buffer reach the peer?  (A "not copied" report on a
+            # local path can only be for data that was never delivered.)
+            sent = handle.sent
+            outcome = ("cancelled" if sent.cancelled() else "pending" if not sent.done() else
+                       "failed" if sent.exception() else "sent")
+            self.zero_copy_sent[outcome] = self.zero_copy_sent.get(outcome, 0) + 1
 
     def pause_writing(self):
         self.paused = True
@@ -168,7 +178,8 @@ class SourceProtocol(asyncio.Protocol):
             stats["released"] = {"zerocopy": self.released[True],
                                  "copied": self.released[False],
                                  "unknown": self.released[None],
-                                 "pending": len(self.unreleased)}
+                                 "pending": len(self.unreleased),
+                                 "zerocopy_sent": self.zero_copy_sent}
         print("STATS " + json.dumps(stats), flush=True)
 
 
