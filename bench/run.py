@@ -149,7 +149,8 @@ def unavailable_reason(workload, build_error):
         if importlib.util.find_spec("trustme") is None:
             return "skipped: trustme not installed (pip install trustme)"
         if workload.client[0] == "{bin}/echo_client" and not harness.echo_client_has_tls():
-            return "skipped: bench/bin/echo_client built without OpenSSL (apt-get install libssl-dev)"
+            return ("skipped: bench/bin/echo_client built without OpenSSL "
+                    "(apt-get install libssl-dev)")
     if workload.netns:
         return NetNamespace.unavailable_reason()
     return None
@@ -310,7 +311,7 @@ class Suite:
 def main():
     parser = argparse.ArgumentParser(description="Run the zcloop benchmark suite.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer rows, shorter windows (about 3 minutes)")
+                        help="fewer rows, shorter windows (about 4 minutes)")
     parser.add_argument("--loops", default="asyncio,uvloop,zcloop",
                         help="comma-separated loops (default: %(default)s)")
     parser.add_argument("--out", default=str(harness.BENCH / "out"), help="output directory")
