@@ -10,6 +10,10 @@ setup:
 		echo "installing liburing-dev (apt)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev; \
 	fi
+	@if [ ! -f /usr/include/openssl/ssl.h ]; then \
+		echo "installing libssl-dev (apt, for the TLS benchmark client)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libssl-dev || true; \
+	fi
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk || true; }
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
 

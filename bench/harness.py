@@ -8,13 +8,21 @@ line "window-start" when the measured window begins, then one JSON line with
 at least "ops" and "duration" when it ends.  The server's CPU time is sampled
 when each of those lines arrives (or at client start/exit when there is no
 "window-start").
+
+It also owns the two pieces of set-up some rows need: TLS certificates made at
+run time with trustme (tls_material), and a private network namespace joined
+to this one by a veth pair (NetNamespace), for a peer zcloop does not treat as
+local.
 """
+import atexit
+import ctypes
 import json
 import os
 import re
 import select
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -43,18 +51,30 @@ class BenchError(Exception):
 
 def loop_env(loop):
     """Environment that starts a Python child on `loop`: the mechanism of
-    ``python -m zcloop compare`` (zcloop/_inject/sitecustomize.py)."""
+    ``python -m zcloop compare`` (zcloop/_inject/sitecustomize.py).  The
+    checkout this bench/ belongs to comes next on PYTHONPATH, so the servers
+    import *its* zcloop (built in place), not another installed copy
+    (versions() records which one they got)."""
     env = dict(os.environ)
     env["ZCLOOP_LOOP"] = loop
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(INJECT_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(INJECT_DIR), str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
 def pin_to(cpu):
-    """preexec_fn pinning the child (and the threads it will create) to one CPU."""
-    if cpu is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+    """preexec_fn pinning the child (and the threads it will create) to one
+    CPU, and killing it if the harness dies (a server must not outlive a
+    harness killed with SIGKILL)."""
+    def setup():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return setup
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def kill_group(pgid):
@@ -112,21 +132,26 @@ def task_times(pid):
 
 
 class Server:
-    """A server process of one kind on one contender (loop or C reference)."""
+    """A server process of one kind on one contender (loop or C reference),
+    listening on `host`, serving TLS with `tls` (a TLSMaterial) if given."""
 
-    def __init__(self, kind, contender, start_timeout=30):
+    def __init__(self, kind, contender, *, host="127.0.0.1", tls=None, start_timeout=30):
         self.kind, self.contender = kind, contender
         if contender == REFERENCE:
-            command, env = [str(BIN / "uring_echo_server"), "-p", "0"], None
+            command, env = [str(BIN / "uring_echo_server"), "-h", host, "-p", "0"], None
         else:
-            command = [sys.executable, str(BENCH / "servers.py"), kind, "--port", "0"]
+            command = [sys.executable, str(BENCH / "servers.py"), kind, "--host", host,
+                       "--port", "0"]
+            if tls:
+                command += ["--certfile", str(tls.server_pem)]
             env = loop_env(contender)
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                      stderr=self.stderr, preexec_fn=pin_to(SERVER_CPU),
                                      start_new_session=True)
+        self.reader = LineReader(self.proc.stdout)
         try:
-            line = LineReader(self.proc.stdout).readline(start_timeout)
+            line = self.reader.readline(start_timeout)
         except BenchError as exc:
             self.stop()
             raise BenchError(f"server did not start: {exc}") from None
@@ -139,6 +164,29 @@ class Server:
         if not running_loop.startswith(LOOP_PREFIX[contender]):
             self.stop()
             raise BenchError(f"server runs on {running_loop}, not {contender}")
+
+    def discard_output(self):
+        """Drop lines the server printed so far (a late STATS of an earlier sample)."""
+        while select.select([self.reader.fd], [], [], 0)[0]:
+            chunk = os.read(self.reader.fd, 65536)
+            if not chunk:
+                break
+        self.reader.buffer = b""
+
+    def read_stats(self, timeout=5):
+        """The next ``STATS {json}`` line (the source server prints one per
+        closed connection); None if none comes within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                line = self.reader.readline(remaining)
+                if line is None:
+                    return None
+                if line.startswith("STATS "):
+                    return json.loads(line[len("STATS "):])
+        except (BenchError, ValueError):
+            pass
+        return None
 
     def check_alive(self):
         code = self.proc.poll()
@@ -172,7 +220,7 @@ def run_load(command, *, server=None, env=None, cpu=CLIENT_CPU, timeout=60):
     measured = server.proc.pid if server else proc.pid
 
     def snapshot():
-        return time.perf_counter(), task_times(measured), task_times(proc.pid)
+        return time.perf_counter(), task_times(measured), process_cpu(proc.pid)
 
     reader, start, end, result = LineReader(proc.stdout), snapshot(), None, None
     try:
@@ -211,6 +259,19 @@ def run_load(command, *, server=None, env=None, cpu=CLIENT_CPU, timeout=60):
         client_busy=client_cpu / window if server and client_cpu is not None else None,
         contention=measured_wait / window if measured_wait is not None else None)
     return result
+
+
+def process_cpu(pid):
+    """(CPU seconds of the whole process, None) from /proc/PID/stat: unlike
+    task_times() it keeps the time of threads that already exited (wrk's
+    worker threads are gone when it prints its summary), in clock ticks.
+    Good enough for the client-bound flag.  None once pid is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), None
 
 
 def delta(before, after):
@@ -262,6 +323,122 @@ class SyscallCounter:
         self.output.close()
 
 
+class TLSMaterial:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost and
+    the namespace's host address, made with trustme in a temporary directory
+    removed at exit."""
+
+    _made = None
+
+    def __init__(self):
+        import trustme  # a bench dependency (pip install -e .[bench])
+
+        self.directory = Path(tempfile.mkdtemp(prefix="zcloop-bench-tls-"))
+        atexit.register(shutil.rmtree, self.directory, True)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost", NetNamespace.HOST_ADDR)
+        self.server_pem = self.directory / "server.pem"  # key + chain
+        self.ca_pem = self.directory / "ca.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(self.server_pem))
+        ca.cert_pem.write_to_path(str(self.ca_pem))
+
+    @classmethod
+    def get(cls):
+        """The run's material, made on first use; BenchError if trustme is missing."""
+        if cls._made is None:
+            try:
+                cls._made = cls()
+            except ImportError as exc:
+                raise BenchError(f"cannot make certificates: {exc} (pip install trustme)")
+        return cls._made
+
+
+class NetNamespace:
+    """A private network namespace joined to this one by a veth pair:
+    HOST_ADDR here, PEER_ADDR in the namespace, a /30 and nothing else, so
+    traffic to PEER_ADDR never leaves the machine.  To the kernel (and to
+    zcloop's "is the peer local?" test) PEER_ADDR is another host.
+
+        with NetNamespace() as ns:
+            subprocess.run(ns.exec_prefix() + ["echo_client", "-h", ns.HOST_ADDR, ...])
+
+    Names carry this process's pid; namespaces left by a killed run (their
+    pid is gone) are removed before a new one is made.  Removed on exit,
+    including atexit, or when this process is killed with SIGINT/SIGTERM.
+    """
+
+    HOST_ADDR, PEER_ADDR, PREFIX = "10.213.90.1", "10.213.90.2", 30
+    NAME_PREFIX = "zcbench-"
+
+    def __init__(self):
+        self.name = f"{self.NAME_PREFIX}{os.getpid()}"
+        self.host_if, self.peer_if = f"zcb{os.getpid()}h", f"zcb{os.getpid()}p"
+        self.created = False
+
+    @staticmethod
+    def unavailable_reason():
+        if os.geteuid() != 0:
+            return "skipped: needs root to make a network namespace"
+        if not shutil.which("ip"):
+            return "skipped: needs `ip` (iproute2) to make a network namespace"
+        return None
+
+    @staticmethod
+    def _ip(*args, check=True):
+        done = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise BenchError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def _remove_stale(self):
+        for line in self._ip("netns", "list", check=False).splitlines():
+            name = line.split()[0] if line.split() else ""
+            pid = name.removeprefix(self.NAME_PREFIX)
+            if name.startswith(self.NAME_PREFIX) and pid.isdigit() and \
+                    not Path(f"/proc/{pid}").exists():
+                self._ip("netns", "del", name, check=False)
+                self._ip("link", "del", f"zcb{pid}h", check=False)
+
+    def __enter__(self):
+        if reason := self.unavailable_reason():
+            raise BenchError(reason)
+        self._remove_stale()
+        subnet = f"{self.HOST_ADDR.rsplit('.', 1)[0]}.0/{self.PREFIX}"
+        if self._ip("-o", "addr", "show", "to", subnet, check=False).strip():
+            raise BenchError(f"skipped: {subnet} is already in use on this host")
+        atexit.register(self.delete)
+        self.created = True
+        try:
+            ip = self._ip
+            ip("netns", "add", self.name)
+            ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
+            ip("link", "set", self.peer_if, "netns", self.name)
+            ip("addr", "add", f"{self.HOST_ADDR}/{self.PREFIX}", "dev", self.host_if)
+            ip("link", "set", self.host_if, "up")
+            inside = ("netns", "exec", self.name, "ip")
+            ip(*inside, "addr", "add", f"{self.PEER_ADDR}/{self.PREFIX}", "dev", self.peer_if)
+            ip(*inside, "link", "set", self.peer_if, "up")
+            ip(*inside, "link", "set", "lo", "up")
+        except BenchError:
+            self.delete()
+            raise
+        return self
+
+    def exec_prefix(self):
+        """Prefix of a command to run inside the namespace (`ip netns exec`
+        execs the command in place: same pid, pinning and CPU accounting)."""
+        return ["ip", "netns", "exec", self.name]
+
+    def delete(self):
+        if self.created:
+            self.created = False
+            self._ip("netns", "del", self.name, check=False)  # takes the veth pair along
+            self._ip("link", "del", self.host_if, check=False)
+
+    def __exit__(self, *exc_info):
+        self.delete()
+
+
 def build_c_helpers():
     """Build bench/bin/* with make (a no-op when up to date); return an error or None."""
     if not shutil.which("make") or not shutil.which("gcc"):
@@ -269,6 +446,16 @@ def build_c_helpers():
     done = subprocess.run(["make", "-s", "-C", str(BENCH / "c")], capture_output=True,
                           text=True)
     return None if done.returncode == 0 else f"make failed: {done.stderr.strip()[-300:]}"
+
+
+def echo_client_has_tls():
+    """Was bench/bin/echo_client built with OpenSSL (-t)?"""
+    try:
+        done = subprocess.run([str(BIN / "echo_client"), "-t"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "without OpenSSL" not in done.stderr
 
 
 def command_output(command):
@@ -303,4 +490,18 @@ def versions():
     found["wrk"] = wrk.split(" Copyright")[0].removeprefix("wrk ") if wrk else None
     found["zcloop_git"] = command_output(["git", "-C", str(ROOT), "describe", "--always",
                                           "--dirty"])
+    # Where the servers' zcloop comes from (loop_env puts this checkout first).
+    found["zcloop_path"] = servers_zcloop_path()
+    found["openssl"] = ssl.OPENSSL_VERSION
     return found
+
+
+def servers_zcloop_path():
+    """The directory of the zcloop package a server process imports."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import os, zcloop; print(os.path.dirname(zcloop.__file__))"],
+            env=loop_env("asyncio"), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None

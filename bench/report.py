@@ -8,7 +8,9 @@ GROUP_TITLES = {
     "echo-protocol": "TCP echo, Protocol API (C echo_client)",
     "echo-streams": "TCP echo, Streams API (C echo_client)",
     "oneway": "One-way streams: client sends, server counts and acks each message",
-    "http": "HTTP: aiohttp hello world (wrk)",
+    "echo-tls": "TLS echo, Protocol API + ssl.SSLContext (C echo_client over OpenSSL)",
+    "zerocopy": "Zero-copy: server streams to a receive-only client, write() vs write_zc()",
+    "http": "HTTP and HTTPS: aiohttp hello world (wrk)",
     "websockets": "WebSocket echo (Python websockets client)",
 }
 CLIENT_BOUND = "client-bound"
@@ -37,7 +39,37 @@ def summarize(samples, syscalls_per_op=None):
         samples=len(ok), failed=len(failed), syscalls_per_op=syscalls_per_op)
     if failed:
         summary["failure"] = failed[0]["error"]
+    if any("server_stats" in s for s in ok):
+        summary["server_stats"] = sum_server_stats(ok)
     return summary
+
+
+def sum_server_stats(samples):
+    """Totals of the source server's STATS over the samples' connections (each
+    covers a whole connection: warm-up, window and the data still queued)."""
+    stats = [s["server_stats"] for s in samples if s.get("server_stats")]
+    total = {"connections": len(stats), "missing": len(samples) - len(stats),
+             "written": sum(st["written"] for st in stats)}
+    zc = [st["zcloop"] for st in stats if st.get("zcloop")]
+    if zc:
+        for key in ("zc_bytes", "copy_bytes", "zc_copied", "demotions", "sends"):
+            total[key] = sum(z[key] for z in zc)
+    released = [st["released"] for st in stats if st.get("released")]
+    if released:
+        total["released"] = add_counts(released)
+    return total
+
+
+def add_counts(dicts):
+    """Sum dicts of counts key by key (nested dicts too)."""
+    total = {}
+    for counts in dicts:
+        for key, value in counts.items():
+            if isinstance(value, dict):
+                total[key] = add_counts([total.get(key, {}), value])
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def base_loop(loops):
@@ -45,9 +77,16 @@ def base_loop(loops):
     return "uvloop" if "uvloop" in loops else loops[0]
 
 
-def ratio(row, contender, base, key="throughput"):
+def base_row(rows, row):
+    """The row whose base-loop cell `row` is compared with: itself, or its
+    compare_to row (a zcloop-only API against the base loop's plain one)."""
+    target = row.get("compare_to")
+    return next((r for r in rows if r["name"] == target), row) if target else row
+
+
+def ratio(rows, row, contender, base, key="throughput"):
     mine = row["results"].get(contender, {}).get("summary", {})
-    theirs = row["results"].get(base, {}).get("summary", {})
+    theirs = base_row(rows, row)["results"].get(base, {}).get("summary", {})
     if mine.get(key) is None or not theirs.get(key):
         return None
     return mine[key] / theirs[key]
@@ -59,8 +98,43 @@ def fmt(value, digits=0, suffix=""):
     return f"{value:,.{digits}f}{suffix}"
 
 
+def cpu_unit(row):
+    return "µs/MiB" if row.get("per_mib") else "µs/op"
+
+
+def mib(nbytes):
+    return f"{nbytes / 2**20:,.0f} MiB"
+
+
+def zero_copy_notes(stats):
+    """What the source server saw, from zcloop's get_extra_info('zcloop')."""
+    if stats["missing"]:
+        return [f"no STATS for {stats['missing']} sample(s)"]
+    if "zc_bytes" not in stats:
+        return []  # not zcloop: nothing to say
+    sent = stats["zc_bytes"] + stats["copy_bytes"]
+    share = stats["zc_bytes"] / sent if sent else 0
+    notes = [f"SEND_ZC {share:.0%} of bytes ({mib(stats['zc_bytes'])} of {mib(sent)})",
+             f"'copied' notifications: {stats['zc_copied']:,}"]
+    if stats["demotions"]:
+        notes.append(f"write() demoted to copy on {stats['demotions']} of "
+                     f"{stats['connections']} connections")
+    if released := stats.get("released"):
+        outcomes = ", ".join(f"{key} {value}" for key, value
+                             in sorted(released.get("zerocopy_sent", {}).items()))
+        notes.append(f"write_zc released: {released['zerocopy']:,} zero-copy"
+                     + (f" (their sent: {outcomes})" if outcomes else "")
+                     + f", {released['copied']:,} copied"
+                     + (f", {released['unknown']:,} unknown" if released["unknown"] else "")
+                     + (f", {released['pending']:,} still pending" if released["pending"]
+                        else ""))
+    return notes
+
+
 def cell_notes(summary):
     notes = []
+    if "server_stats" in summary:
+        notes += zero_copy_notes(summary["server_stats"])
     if summary.get("client_bound"):
         notes.append(CLIENT_BOUND)
     if summary.get("failed"):
@@ -80,7 +154,8 @@ def markdown(results, charts):
         "# zcloop benchmark results",
         "",
         f"- date: {results['date']} (took {results['elapsed_s']:.0f} s)"
-        f"{', quick mode' if settings['quick'] else ''}",
+        f"{', quick mode' if settings['quick'] else ''}"
+        f"{', only rows matching ' + repr(settings['only']) if settings.get('only') else ''}",
         f"- machine: {machine['cpu_model']}, {machine['nproc']} CPUs; server on CPU "
         f"{machine['server_cpu']}, load generator on CPU {machine['client_cpu']}",
         f"- kernel: {machine['uname']}",
@@ -90,44 +165,53 @@ def markdown(results, charts):
         f"{settings['http_duration']} s); 'vs {base}' compares medians of the same run.",
         "",
     ]
-    header = ("| workload | loop | throughput | vs " + base + " | server CPU µs/op "
-              "| p50 / p99 µs | syscalls/op | notes |")
-    groups = list(dict.fromkeys(row["group"] for row in results["rows"]))
+    rows = results["rows"]
+    groups = list(dict.fromkeys(row["group"] for row in rows))
     for group in groups:
+        group_rows = [r for r in rows if r["group"] == group]
+        header = (f"| workload | loop | throughput | vs {base} | server CPU "
+                  f"{cpu_unit(group_rows[0])} | p50 / p99 µs | syscalls/op | notes |")
         lines += [f"## {GROUP_TITLES.get(group, group)}", "", header,
                   "|---|---|--:|--:|--:|--:|--:|---|"]
-        for row in (r for r in results["rows"] if r["group"] == group):
+        for row in group_rows:
             for index, (contender, cell) in enumerate(row["results"].items()):
                 summary = cell["summary"]
                 name = row["name"] if index == 0 else ""
                 label = f"{contender} (reference)" if contender == REFERENCE else contender
                 if "error" in summary:
-                    lines.append(f"| {name} | {label} | error | | | | | "
+                    status = "skipped" if summary["error"].startswith("skipped") else "error"
+                    lines.append(f"| {name} | {label} | {status} | | | | | "
                                  f"{summary['error'][:160].replace('|', '/')} |")
                     continue
                 digits = 1 if row["unit"] == "MB/s" else 0
-                latency = ("-" if summary["p50_us"] is None else
+                latency = ("-" if summary["p50_us"] is None or summary["p99_us"] is None else
                            f"{summary['p50_us']:,.0f} / {summary['p99_us']:,.0f}")
                 lines.append(
                     f"| {name} | {label} | {fmt(summary['throughput'], digits)} {row['unit']} "
-                    f"| {fmt(ratio(row, contender, base), 2, 'x')} "
+                    f"| {fmt(ratio(rows, row, contender, base), 2, 'x')} "
                     f"| {fmt(summary['cpu_us_per_op'], 2)} | {latency} "
                     f"| {fmt(summary['syscalls_per_op'], 2)} "
                     f"| {cell_notes(summary).replace('|', '/')} |")
+        compared = [r for r in group_rows if r.get("compare_to")]
+        if compared:
+            lines += ["", "'vs " + base + "' of " + ", ".join(f"`{r['name']}`" for r in compared)
+                      + ": against " + base + " in " + ", ".join(
+                          f"`{r['compare_to']}`" for r in compared) + " (same bytes, plain "
+                      "write(): the other loops have no write_zc())."]
         if group in charts:
             lines += ["", f"![{group}]({charts[group]})"]
         lines.append("")
     return "\n".join(lines)
 
 
-def draw_bars(ax, rows, contenders, base, key, colors):
+def draw_bars(ax, all_rows, rows, contenders, base, key, colors):
     """Grouped bars: one group per row, one bar per contender, `key` relative to base."""
     width = 0.8 / len(contenders)
     for i, contender in enumerate(contenders):
         positions, values = [], []
         for x, row in enumerate(rows):
             position = x - 0.4 + width * (i + 0.5)
-            value = ratio(row, contender, base, key)
+            value = ratio(all_rows, row, contender, base, key)
             if value is not None:
                 positions.append(position)
                 values.append(value)
@@ -158,18 +242,22 @@ def charts(results, out_dir):
         contenders = list(dict.fromkeys(c for r in rows for c in r["results"]))
         fig, (top, bottom) = plt.subplots(2, 1, sharex=True,
                                           figsize=(max(6.0, 2.0 * len(rows) + 2), 7))
-        draw_bars(top, rows, contenders, base, "throughput", colors)
+        draw_bars(top, results["rows"], rows, contenders, base, "throughput", colors)
         top.set_ylabel(f"throughput / {base}\n(higher is better)")
         top.set_title(GROUP_TITLES.get(group, group), fontsize=10)
         top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        draw_bars(bottom, rows, contenders, base, "cpu_us_per_op", colors)
-        bottom.set_ylabel(f"server CPU per op / {base}\n(lower is better)")
+        draw_bars(bottom, results["rows"], rows, contenders, base, "cpu_us_per_op", colors)
+        bottom.set_ylabel(f"server CPU per {cpu_unit(rows[0]).split('/')[1]} / {base}"
+                          "\n(lower is better)")
         labels = []
         for row in rows:
-            summary = row["results"].get(base, {}).get("summary", {})
+            reference = base_row(results["rows"], row)
+            summary = reference["results"].get(base, {}).get("summary", {})
+            against = "" if reference is row else f" ({reference['name'].split()[-2]})"
             labels.append(row["name"] if summary.get("throughput") is None else
-                          f"{row['name']}\n{base}: {summary['throughput']:,.0f} {row['unit']},"
-                          f"\n{summary['cpu_us_per_op']:.2f} µs/op")
+                          f"{row['name']}\n{base}{against}: {summary['throughput']:,.0f} "
+                          f"{row['unit']},\n{fmt(summary['cpu_us_per_op'], 2)} "
+                          f"{cpu_unit(row)}")
         bottom.set_xticks(range(len(rows)))
         bottom.set_xticklabels(labels, fontsize=8)
         fig.tight_layout()

@@ -1,27 +1,33 @@
 """zcloop benchmark suite: every workload on every loop, side by side, in one run.
 
     python bench/run.py [--quick] [--loops asyncio,uvloop,zcloop] [--out bench/out]
-                        [--only PATTERN] [--syscalls]
+                        [--only PATTERN] [--syscalls] [--publish [DIR]]
 
 Servers run pinned to CPU 0, load generators to CPU 1.  Rounds are
 interleaved (round robin over loops, order rotated every round) and each cell
 is the median over rounds.  A failing cell records its error and the run goes
 on.  Writes results-<date>.json, results.md and one PNG chart per group to
---out.  See docs/benchmarks.md.
+--out; --publish also puts a full run into bench/results/ (bench/publish.py).
+See docs/benchmarks.md.
 """
 import argparse
+import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import harness
+import publish
 import report
-from harness import REFERENCE, BenchError, Server, SyscallCounter, run_load
+from harness import (REFERENCE, BenchError, NetNamespace, Server, SyscallCounter, TLSMaterial,
+                     run_load)
 
 LOOPS = ("asyncio", "uvloop", "zcloop")
 #: Client CPU time / window wall time at which a row counts as client-bound.
@@ -46,15 +52,31 @@ class Workload:
     group: str            # table section and chart
     name: str             # row label
     server: str | None    # kind in bench/servers.py; None: the client itself runs on the loop
-    client: tuple         # argv; {bin} {bench} {python} {port} {duration} {warmup} are filled in
+    client: tuple         # argv; {bin} {bench} {python} {host} {port} {cafile} {duration}
+                          # {warmup} are filled in
     unit: str             # req/s, MB/s or ops/s
     reference: bool = False  # also measured against the C io_uring echo server
+    tls: bool = False     # the server gets a TLS certificate (trustme, made at run time)
+    netns: bool = False   # server on the host end of a veth pair, client in a private
+                          # network namespace at the other end (a non-local peer)
+    loops: tuple | None = None    # only these loops (an API only they have)
+    compare_to: str | None = None  # "vs uvloop" against the base loop of this other row
+    per_mib: bool = False  # server CPU per MiB transferred instead of per op
+    stats: bool = False   # the server prints STATS per connection (source kind)
 
-    def command(self, port, settings):
+    def command(self, port, settings, netns=None):
         duration = settings.http_duration if self.client[0] == "wrk" else settings.duration
         values = {"bin": harness.BIN, "bench": harness.BENCH, "python": sys.executable,
-                  "port": port, "duration": duration, "warmup": settings.warmup}
-        return [part.format(**values) for part in self.client]
+                  "port": port, "duration": duration, "warmup": settings.warmup,
+                  "host": netns.HOST_ADDR if netns else "127.0.0.1",
+                  "cafile": TLSMaterial.get().ca_pem if self.tls else ""}
+        command = [part.format(**values) for part in self.client]
+        return netns.exec_prefix() + command if netns else command
+
+    @property
+    def server_key(self):
+        """Rows sharing a key share one server per contender."""
+        return self.server, self.tls, self.netns
 
 
 def size_label(size):
@@ -85,9 +107,33 @@ def define_workloads(quick):
             "{bin}/echo_client", "-m", "oneway", "-p", "{port}", "-c", "1", "-s", str(size),
             "-d", "{duration}", "-w", "{warmup}"), "MB/s"))
 
+    # TLS: the Protocol echo server with an ssl.SSLContext, the C client over OpenSSL.
+    for size in (KiB, 100 * KiB):
+        rows.append(Workload("echo-tls", f"echo tls {size_label(size)} c10", "echo-protocol", (
+            "{bin}/echo_client", "-t", "-C", "{cafile}", "-h", "{host}", "-p", "{port}",
+            "-c", "10", "-s", str(size), "-d", "{duration}", "-w", "{warmup}"), "req/s",
+            tls=True))
+
+    # Zero-copy: the server streams messages to a receive-only client, with
+    # write() on every loop and write_zc() on zcloop; over loopback (always
+    # copied) and to a peer in a private network namespace (veth).
+    zc_cells = [("loopback", MiB, False), ("netns", 16 * MiB, True)]
+    for where, size, netns in zc_cells:
+        plain = f"zc {where} write {size_label(size)}"
+        for api in ("write", "write_zc"):
+            zc = api == "write_zc"
+            rows.append(Workload("zerocopy", f"zc {where} {api} {size_label(size)}", "source", (
+                "{bin}/echo_client", "-m", "source", *(["-z"] if zc else []), "-h", "{host}",
+                "-p", "{port}", "-c", "1", "-s", str(size), "-d", "{duration}",
+                "-w", "{warmup}"), "MB/s", netns=netns, loops=("zcloop",) if zc else None,
+                compare_to=plain if zc else None, per_mib=True, stats=True))
+
     rows.append(Workload("http", "aiohttp hello wrk -c50", "http-aiohttp", (
         "wrk", "-t1", "-c50", "-d{duration}s", "-s", "{bench}/wrk_json.lua",
-        "http://127.0.0.1:{port}/"), "req/s"))
+        "http://{host}:{port}/"), "req/s"))
+    rows.append(Workload("http", "aiohttp hello https wrk -c50", "http-aiohttp", (
+        "wrk", "-t1", "-c50", "-d{duration}s", "-s", "{bench}/wrk_json.lua",
+        "https://{host}:{port}/"), "req/s", tls=True))
     rows.append(Workload("websockets", "websockets echo 64B c10", "ws-echo", (
         "{python}", "{bench}/ws_client.py", "--port", "{port}", "--connections", "10",
         "--size", "64", "--duration", "{duration}", "--warmup", "{warmup}"), "msg/s"))
@@ -99,6 +145,14 @@ def unavailable_reason(workload, build_error):
         return "skipped: wrk not installed"
     if workload.client[0].startswith("{bin}") and build_error:
         return f"skipped: C helpers not built ({build_error})"
+    if workload.tls:
+        if importlib.util.find_spec("trustme") is None:
+            return "skipped: trustme not installed (pip install trustme)"
+        if workload.client[0] == "{bin}/echo_client" and not harness.echo_client_has_tls():
+            return ("skipped: bench/bin/echo_client built without OpenSSL "
+                    "(apt-get install libssl-dev)")
+    if workload.netns:
+        return NetNamespace.unavailable_reason()
     return None
 
 
@@ -106,6 +160,14 @@ def throughput(sample, unit):
     if unit == "MB/s":
         return sample["bytes"] / sample["duration"] / 1e6
     return sample["ops"] / sample["duration"]
+
+
+def cpu_per_op(sample, workload):
+    """Server CPU µs per op, or per MiB transferred for per_mib rows."""
+    if sample["server_cpu"] is None:
+        return None
+    units = sample["bytes"] / MiB if workload.per_mib else sample["ops"]
+    return sample["server_cpu"] / units * 1e6
 
 
 class Suite:
@@ -117,11 +179,13 @@ class Suite:
         self.syscalls_per_op = {w.name: {} for w in workloads}
         self.total = settings.rounds * sum(len(self.contenders(w)) for w in workloads)
         self.done = 0
+        self.netns = None  # the NetNamespace of the server group being run
 
     def contenders(self, workload):
+        loops = [loop for loop in self.loops if not workload.loops or loop in workload.loops]
         if workload.reference and not self.build_error:
-            return [*self.loops, REFERENCE]
-        return list(self.loops)
+            return [*loops, REFERENCE]
+        return loops
 
     def progress(self, workload, contender, label, sample):
         self.done += 1
@@ -137,23 +201,33 @@ class Suite:
     def run(self):
         by_server = {}
         for workload in self.workloads:
-            by_server.setdefault(workload.server, []).append(workload)
-        for kind, workloads in by_server.items():
-            self.run_server_group(kind, workloads)
+            by_server.setdefault(workload.server_key, []).append(workload)
+        for (kind, tls, netns), workloads in by_server.items():
+            with contextlib.ExitStack() as stack:
+                skipped = {w.name: unavailable_reason(w, self.build_error) for w in workloads}
+                namespace = None
+                if netns and not all(skipped.values()):
+                    try:
+                        namespace = stack.enter_context(NetNamespace())
+                    except BenchError as exc:
+                        skipped = {w.name: skipped[w.name] or str(exc) for w in workloads}
+                self.run_server_group(kind, workloads, skipped, tls, namespace)
 
-    def run_server_group(self, kind, workloads):
+    def run_server_group(self, kind, workloads, skipped, tls=False, netns=None):
         """One server per contender for the whole group (CPU is sampled per
         window, so idle servers of other loops cost nothing)."""
-        skipped = {w.name: unavailable_reason(w, self.build_error) for w in workloads}
         contenders = list(dict.fromkeys(c for w in workloads for c in self.contenders(w)))
         servers, failures = {}, {}
         if kind is not None and not all(skipped.values()):
+            host = netns.HOST_ADDR if netns else "127.0.0.1"
             for contender in contenders:
                 try:
-                    servers[contender] = Server(kind, contender)
+                    servers[contender] = Server(kind, contender, host=host,
+                                                tls=TLSMaterial.get() if tls else None)
                 except BenchError as exc:
                     failures[contender] = str(exc)
                     print(f"{kind} on {contender}: {exc}", file=sys.stderr, flush=True)
+        self.netns = netns
         try:
             for round_index in range(self.settings.rounds):
                 for workload in workloads:
@@ -183,22 +257,26 @@ class Suite:
             command = workload.command(0, self.settings)
             run = dict(env=harness.loop_env(contender), cpu=harness.SERVER_CPU)
         else:
-            command = workload.command(server.port, self.settings)
+            command = workload.command(server.port, self.settings, self.netns)
             run = dict(server=server)
+            if workload.stats:
+                server.discard_output()
         timeout = self.settings.warmup + max(self.settings.duration,
                                              self.settings.http_duration) + 30
         try:
             sample = run_load(command, timeout=timeout, **run)
         except BenchError as exc:
             return {"error": str(exc)}
+        if workload.stats:
+            # Printed by the server once the client's connection is gone.
+            sample["server_stats"] = server.read_stats()
         if not sample.get("ops"):
             return {"error": "no operation completed", "raw": sample}
         running_loop = sample.get("loop", harness.LOOP_PREFIX[contender])
         if not running_loop.startswith(harness.LOOP_PREFIX[contender]):
             return {"error": f"ran on {running_loop}, not {contender}"}
         sample["throughput"] = throughput(sample, workload.unit)
-        sample["cpu_us_per_op"] = (None if sample["server_cpu"] is None else
-                                   sample["server_cpu"] / sample["ops"] * 1e6)
+        sample["cpu_us_per_op"] = cpu_per_op(sample, workload)
         # A load generator using its whole CPU may be what limits the row.
         sample["client_bound"] = (sample["client_busy"] or 0) >= CLIENT_BOUND_BUSY
         return sample
@@ -233,7 +311,7 @@ class Suite:
 def main():
     parser = argparse.ArgumentParser(description="Run the zcloop benchmark suite.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer rows, shorter windows (about 3 minutes)")
+                        help="fewer rows, shorter windows (about 4 minutes)")
     parser.add_argument("--loops", default="asyncio,uvloop,zcloop",
                         help="comma-separated loops (default: %(default)s)")
     parser.add_argument("--out", default=str(harness.BENCH / "out"), help="output directory")
@@ -242,7 +320,14 @@ def main():
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--syscalls", action="store_true",
                         help="one extra sample per cell under `perf stat` for syscalls/op")
+    parser.add_argument("--publish", metavar="DIR", nargs="?", const=str(publish.DEFAULT_DEST),
+                        help="after the run, copy results.md, the JSON and the charts to "
+                             "DIR/latest (default DIR: %(const)s); full runs only, see "
+                             "bench/publish.py")
     args = parser.parse_args()
+    if args.publish and (args.quick or args.only or args.loops != parser.get_default("loops")):
+        parser.error("--publish is for full runs (no --quick, --only or --loops); "
+                     "bench/publish.py --allow-partial publishes another run by hand")
 
     loops = [name.strip() for name in args.loops.split(",") if name.strip()]
     if not loops or set(loops) - set(LOOPS):
@@ -263,6 +348,8 @@ def main():
         print(f"warning: --syscalls disabled: {reason}", file=sys.stderr)
         args.syscalls = False
 
+    # A SIGTERM must still run the clean-ups (network namespace, servers).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     build_error = harness.build_c_helpers()
     if build_error:
         print(f"warning: {build_error}; rows needing bench/bin are skipped", file=sys.stderr)
@@ -278,7 +365,8 @@ def main():
         "elapsed_s": round((datetime.datetime.now() - started).total_seconds(), 1),
         "machine": harness.machine_info(),
         "versions": harness.versions(),
-        "settings": {**asdict(settings), "quick": args.quick, "syscalls": args.syscalls},
+        "settings": {**asdict(settings), "quick": args.quick, "syscalls": args.syscalls,
+                     "only": args.only},
         "loops": loops,
         "rows": suite.results(),
     }
@@ -293,6 +381,9 @@ def main():
     print(markdown)
     print(f"wrote {json_path}, {out / 'results.md'} and {len(charts)} chart(s) in {out}",
           file=sys.stderr)
+    if args.publish:
+        published = publish.publish(json_path, Path(args.publish))
+        print(f"published to {published}", file=sys.stderr)
 
 
 if __name__ == "__main__":

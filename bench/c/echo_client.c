@@ -1,17 +1,26 @@
 /*
  * echo_client: a fast epoll load generator for the zcloop benchmarks.
  *
- * Opens N TCP connections; each one does request/response ping-pong:
+ * Opens N TCP connections (optionally TLS, -t); each one does:
  *   echo mode:   send SIZE bytes, wait until SIZE bytes come back;
  *   oneway mode: send an 8-byte header (SIZE, little endian) once, then per
- *                message send SIZE bytes and wait for a 1-byte ack.
+ *                message send SIZE bytes and wait for a 1-byte ack;
+ *   source mode: send the 8-byte header and one byte, 'w' (or 'z' with -z:
+ *                ask the server for zcloop's write_zc()), then only receive:
+ *                the server streams SIZE-byte messages; an op is SIZE bytes
+ *                received, "bytes" is every byte received in the window.
  * After a warm-up it prints "window-start" (so the harness can sample the
  * server's CPU time at the exact start of the measured window), runs for
  * DURATION seconds and prints one JSON line with the results.  The JSON line
  * is printed before the connections are closed, which marks the window end.
  *
+ * TLS (-t, built when OpenSSL's headers are there: libssl-dev): the handshake
+ * is done blocking before the run, then SSL_read/SSL_write on the same
+ * non-blocking, edge-triggered loop.  -C CAFILE verifies the server's
+ * certificate against CAFILE for the host's IP address (else no verification).
+ *
  * usage: echo_client [-h host] -p port [-c conns] [-s size] [-d seconds]
- *                    [-w warmup_seconds] [-m echo|oneway]
+ *                    [-w warmup_seconds] [-m echo|oneway|source [-z]] [-t [-C cafile]]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,9 +36,17 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef WITH_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#else
+typedef struct ssl_st SSL;
+#endif
 
 struct conn {
     int fd;
+    SSL *ssl;             /* NULL without -t */
     int alive;
     size_t sent;          /* bytes of the current request sent */
     size_t received;      /* bytes of the current response received */
@@ -43,7 +60,90 @@ static char recv_buf[256 * 1024];
 static uint64_t *latencies;  /* ns, one per request completed in the window */
 static size_t n_latencies, cap_latencies;
 static uint64_t completed, total_completed, errors;
+static uint64_t window_bytes;  /* received during the window (source mode's "bytes") */
 static int measuring;
+static char tls_info[128];  /* "<protocol> <cipher>" of the first connection */
+
+#ifdef WITH_TLS
+static SSL_CTX *tls_ctx;
+
+static void tls_die(const char *what)
+{
+    fprintf(stderr, "echo_client: %s: ", what);
+    ERR_print_errors_fp(stderr);
+    fprintf(stderr, "\n");
+    exit(1);
+}
+
+static void tls_init(const char *cafile)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+        tls_die("SSL_CTX_new");
+    if (cafile) {
+        if (SSL_CTX_load_verify_locations(tls_ctx, cafile, NULL) != 1)
+            tls_die("loading the CA file");
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    }
+    /* Retry a blocked SSL_write from send_buf + sent, return after each record. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+/* Blocking handshake on a connected, still blocking socket. */
+static SSL *tls_connect(int fd, const char *host)
+{
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1)
+        tls_die("SSL_new");
+    if (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER)
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+    if (SSL_connect(ssl) != 1)
+        tls_die("TLS handshake");
+    if (!tls_info[0])
+        snprintf(tls_info, sizeof tls_info, "%s %s", SSL_get_version(ssl),
+                 SSL_get_cipher_name(ssl));
+    return ssl;
+}
+#endif
+
+/* send()/recv() or their TLS equivalents, with the syscall conventions:
+ * > 0 bytes, 0 end of stream (recv), -1 with errno (EAGAIN: would block). */
+static ssize_t conn_send(struct conn *c, const char *buf, size_t len)
+{
+#ifdef WITH_TLS
+    if (c->ssl) {
+        errno = 0;
+        int n = SSL_write(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+        if (n > 0)
+            return n;
+        int err = SSL_get_error(c->ssl, n);
+        errno = err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ? EAGAIN :
+                err == SSL_ERROR_SYSCALL && errno ? errno : EPROTO;
+        return -1;
+    }
+#endif
+    return send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
+static ssize_t conn_recv(struct conn *c, char *buf, size_t len)
+{
+#ifdef WITH_TLS
+    if (c->ssl) {
+        errno = 0;
+        int n = SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+        if (n > 0)
+            return n;
+        int err = SSL_get_error(c->ssl, n);
+        if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && !errno))
+            return 0;
+        errno = err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ? EAGAIN :
+                err == SSL_ERROR_SYSCALL ? errno : EPROTO;
+        return -1;
+    }
+#endif
+    return recv(c->fd, buf, len, 0);
+}
 
 static uint64_t now_ns(void)
 {
@@ -86,7 +186,7 @@ static void drive(struct conn *c)
     while (progress && c->alive) {
         progress = 0;
         if (c->sent < request_size) {
-            ssize_t n = send(c->fd, send_buf + c->sent, request_size - c->sent, MSG_NOSIGNAL);
+            ssize_t n = conn_send(c, send_buf + c->sent, request_size - c->sent);
             if (n > 0) {
                 c->sent += n;
                 progress = 1;
@@ -99,9 +199,11 @@ static void drive(struct conn *c)
             size_t want = response_size - c->received;
             if (want > sizeof recv_buf)
                 want = sizeof recv_buf;
-            ssize_t n = recv(c->fd, recv_buf, want, 0);
+            ssize_t n = conn_recv(c, recv_buf, want);
             if (n > 0) {
                 c->received += n;
+                if (measuring)
+                    window_bytes += n;
                 progress = 1;
             } else if (n == 0 || errno != EAGAIN) {
                 errno = n == 0 ? 0 : errno;
@@ -152,12 +254,12 @@ static double percentile_us(double p)
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1", *mode = "echo";
-    int port = 0, n_conns = 1, opt;
+    const char *host = "127.0.0.1", *mode = "echo", *cafile = NULL;
+    int port = 0, n_conns = 1, tls = 0, zero_copy = 0, opt;
     size_t size = 1024;
     double duration = 3, warmup = 0.5;
 
-    while ((opt = getopt(argc, argv, "h:p:c:s:d:w:m:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:c:s:d:w:m:ztC:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -166,18 +268,34 @@ int main(int argc, char **argv)
         case 'd': duration = atof(optarg); break;
         case 'w': warmup = atof(optarg); break;
         case 'm': mode = optarg; break;
+        case 'z': zero_copy = 1; break;
+        case 't': tls = 1; break;
+        case 'C': cafile = optarg; break;
         default:
-            fprintf(stderr, "usage: %s [-h host] -p port [-c conns] [-s size] "
-                            "[-d seconds] [-w warmup] [-m echo|oneway]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-h host] -p port [-c conns] [-s size] [-d seconds] "
+                            "[-w warmup] [-m echo|oneway|source [-z]] [-t [-C cafile]]\n", argv[0]);
             return 2;
         }
     }
-    int oneway = strcmp(mode, "oneway") == 0;
-    if (!port || n_conns < 1 || !size || (!oneway && strcmp(mode, "echo"))) {
-        fprintf(stderr, "echo_client: need -p PORT, -c >= 1, -s >= 1, -m echo|oneway\n");
+#ifndef WITH_TLS
+    (void)cafile;
+    if (tls) {  /* checked first: bench/harness.py probes with a bare -t */
+        fprintf(stderr, "echo_client: built without OpenSSL (install libssl-dev and "
+                        "rebuild: make -C bench/c)\n");
         return 2;
     }
-    request_size = size;
+#endif
+    int oneway = strcmp(mode, "oneway") == 0, source = strcmp(mode, "source") == 0;
+    if (!port || n_conns < 1 || !size || (!oneway && !source && strcmp(mode, "echo"))) {
+        fprintf(stderr, "echo_client: need -p PORT, -c >= 1, -s >= 1, -m echo|oneway|source\n");
+        return 2;
+    }
+#ifdef WITH_TLS
+    if (tls)
+        tls_init(cafile);
+#endif
+    /* source: nothing to send per message, SIZE bytes to receive. */
+    request_size = oneway ? size : source ? 0 : size;
     response_size = oneway ? 1 : size;
     send_buf = malloc(size);
     memset(send_buf, 'x', size);
@@ -187,9 +305,17 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_conns; i++) {
         struct conn *c = &conns[i];
         c->fd = connect_to(host, port);
-        if (oneway) {
-            uint64_t header = size;  /* little endian on every Linux target we run on */
-            if (send(c->fd, &header, sizeof header, 0) != sizeof header) {
+#ifdef WITH_TLS
+        if (tls)
+            c->ssl = tls_connect(c->fd, host);
+#endif
+        if (oneway || source) {
+            char header[9];
+            uint64_t le_size = size;  /* little endian on every Linux target we run on */
+            memcpy(header, &le_size, 8);
+            header[8] = zero_copy ? 'z' : 'w';  /* source mode: the server's write API */
+            size_t len = source ? 9 : 8;
+            if (conn_send(c, header, len) != (ssize_t)len) {
                 perror("echo_client: send header");
                 return 1;
             }
@@ -235,13 +361,23 @@ int main(int argc, char **argv)
     double elapsed = measuring ? ((t < window_end ? t : window_end) - window_start) / 1e9 : 0;
 
     qsort(latencies, n_latencies, sizeof *latencies, cmp_u64);
+    /* source mode has no request, so no latency: the gaps between messages
+     * are not one. */
+    char p50[32] = "null", p99[32] = "null", tls_json[160] = "null";
+    if (!source) {
+        snprintf(p50, sizeof p50, "%.1f", percentile_us(0.50));
+        snprintf(p99, sizeof p99, "%.1f", percentile_us(0.99));
+    }
+    if (tls_info[0])
+        snprintf(tls_json, sizeof tls_json, "\"%s\"", tls_info);
     printf("{\"ops\": %llu, \"total_ops\": %llu, \"bytes\": %llu, \"duration\": %.6f, "
-           "\"connections\": %d, \"size\": %zu, \"mode\": \"%s\", \"p50_us\": %.1f, "
-           "\"p99_us\": %.1f, \"errors\": %llu}\n",
+           "\"connections\": %d, \"size\": %zu, \"mode\": \"%s\", \"tls\": %s, "
+           "\"p50_us\": %s, \"p99_us\": %s, \"errors\": %llu}\n",
            (unsigned long long)completed, (unsigned long long)total_completed,
-           (unsigned long long)(completed * size), elapsed,
-           n_conns, size, mode, percentile_us(0.50), percentile_us(0.99),
-           (unsigned long long)errors);
+           /* source: every byte of the window, not only whole messages (a
+            * 16 MiB message is a coarse unit in a short window) */
+           (unsigned long long)(source ? window_bytes : completed * size), elapsed,
+           n_conns, size, mode, tls_json, p50, p99, (unsigned long long)errors);
     fflush(stdout);
     return errors ? 1 : 0;
 }
