@@ -64,10 +64,7 @@ cdef class StreamTransport(RingTransport):
         char *_rbuf                  # own receive buffer without a buffer ring
         bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 
-        bint _zc_capable             # TCP over IPv4/IPv6 and SEND_ZC supported
         bint _zc_write               # plain write() may use SEND_ZC
-        Py_ssize_t _zc_threshold
-        Py_ssize_t _zc_pinned
         object _waiter
         object _empty_waiter         # sendfile(): resolves when nothing is queued
 

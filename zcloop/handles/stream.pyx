@@ -779,26 +779,7 @@ cdef class StreamTransport(RingTransport):
         RingTransport._call_connection_lost(self, exc)
 
     # ------------------------------------------------------------------
-    # Zero-copy tuning and statistics (zerocopy.md W15)
-
-    def get_extra_info(self, name, default=None):
-        if name == 'zcloop':
-            return self.zc_stats()
-        return self._extra.get(name, default)
-
-    def set_zc_threshold(self, Py_ssize_t nbytes):
-        """Smallest write() / write_zc() payload sent with SEND_ZC on this
-        transport (0 disables zero-copy here)."""
-        if nbytes < 0:
-            raise ValueError('threshold must be >= 0')
-        self._zc_threshold = nbytes
-
-    def get_zc_threshold(self):
-        return self._zc_threshold
-
-    def get_pinned_size(self):
-        """Bytes sent with SEND_ZC that the kernel still references."""
-        return self._zc_pinned
+    # Zero-copy statistics (zerocopy.md W15); tuning is in RingTransport
 
     def zc_stats(self):
         return {

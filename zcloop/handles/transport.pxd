@@ -15,6 +15,10 @@ cdef class RingTransport:
         bint _protocol_paused
         Py_ssize_t _high_water
         Py_ssize_t _low_water
+        # zero-copy sends (zerocopy.md W3, W10, W15)
+        bint _zc_capable                # the socket and the kernel allow SEND(MSG)_ZC
+        Py_ssize_t _zc_threshold        # smallest payload sent zero-copy; 0 = never
+        Py_ssize_t _zc_pinned           # bytes the kernel still references
         object __weakref__
 
     cdef _init_transport(self, RingLoop loop, object sock, object protocol, object extra,

@@ -47,8 +47,29 @@ cdef class RingTransport:
     # -- BaseTransport API
 
     def get_extra_info(self, name, default=None):
-        """Get optional transport information."""
+        """Get optional transport information; 'zcloop' gives zc_stats()."""
+        if name == 'zcloop':
+            return self.zc_stats()
         return self._extra.get(name, default)
+
+    # -- zero-copy tuning (zerocopy.md W15)
+
+    def set_zc_threshold(self, Py_ssize_t nbytes):
+        """Smallest payload this transport sends zero-copy (0 disables
+        zero-copy here)."""
+        if nbytes < 0:
+            raise ValueError('threshold must be >= 0')
+        self._zc_threshold = nbytes
+
+    def get_zc_threshold(self):
+        return self._zc_threshold
+
+    def get_pinned_size(self):
+        """Bytes sent zero-copy that the kernel still references."""
+        return self._zc_pinned
+
+    def zc_stats(self):
+        return {}
 
     def is_closing(self):
         return self._closing

@@ -66,12 +66,9 @@ cdef class DatagramTransport(RingTransport):
         socklen_t _last_sslen
         bint _last_local
         # zero-copy sends (zerocopy.md W2/W3/W10/W14/W15)
-        bint _zc_capable                # loop and socket family allow SENDMSG_ZC
         bint _zc_ok                     # ... and not demoted
         bint _zc_local_ok               # test hook: allow ZC to local peers
         bint _peer_local
-        Py_ssize_t _zc_threshold
-        Py_ssize_t _zc_pinned
         Py_ssize_t _st_zc_sends
         Py_ssize_t _st_copy_sends
         Py_ssize_t _st_zc_bytes

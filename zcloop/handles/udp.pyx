@@ -604,26 +604,7 @@ cdef class DatagramTransport(RingTransport):
         self._conn_lost += 1
         self._loop._call_soon(self._call_connection_lost, (exc,), None)
 
-    # -- zero-copy tuning and statistics (as StreamTransport's, W15)
-
-    def get_extra_info(self, name, default=None):
-        if name == 'zcloop':
-            return self.zc_stats()
-        return self._extra.get(name, default)
-
-    def set_zc_threshold(self, Py_ssize_t nbytes):
-        """Smallest datagram sent with SENDMSG_ZC by this transport (0
-        disables zero-copy here)."""
-        if nbytes < 0:
-            raise ValueError('threshold must be >= 0')
-        self._zc_threshold = nbytes
-
-    def get_zc_threshold(self):
-        return self._zc_threshold
-
-    def get_pinned_size(self):
-        """Bytes sent with SENDMSG_ZC that the kernel still references."""
-        return self._zc_pinned
+    # -- zero-copy statistics (W15); tuning is in RingTransport
 
     def zc_stats(self):
         return {
