@@ -17,8 +17,9 @@ setup:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk || true; }
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
 
-build:
-	$(PYTHON) -m pip install -q -e . --no-build-isolation
+build:  # in place, for the editable install that `make setup` made
+	@$(PYTHON) -c 'import Cython' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.0.10'
+	$(PYTHON) setup.py -q build_ext --inplace
 
 test: setup
 	$(PYTHON) -m pytest -q -ra --timeout=300 tests
@@ -36,7 +37,7 @@ stress: setup
 	ZCLOOP_STRESS=long $(PYTHON) -m pytest -q -ra tests/test_stress.py
 
 asan:
-	ZCLOOP_ASAN=1 $(PYTHON) -m pip install -q -e . --no-build-isolation
+	ZCLOOP_ASAN=1 $(PYTHON) setup.py -q build_ext --inplace --force
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 		$(PYTHON) -m pytest -q -x tests
 
