@@ -2,7 +2,10 @@
 the same scenario on asyncio's loop and on zcloop."""
 import asyncio
 import contextvars
+import decimal
+import fractions
 import logging
+import random
 import re
 import sys
 import time
@@ -355,6 +358,128 @@ def test_timer_cancel_after_run(loop):
     loop.call_later(0.005, loop.stop)
     loop.run_forever()
     assert seen == [1]
+
+
+def _assert_heap_ordered(loop):
+    # asyncio's loop and zcloop both expose the timer heap as _scheduled.
+    if hasattr(loop, "_scheduled"):
+        sched = loop._scheduled
+        assert all(sched[(k - 1) // 2].when() <= sched[k].when()
+                   for k in range(1, len(sched)))
+
+
+def test_many_random_timers_fire_in_deadline_order(loop):
+    """5000 timers with random deadlines, many equal, some already past: each
+    fires exactly once, in deadline order, and not before its deadline (less
+    the clock resolution asyncio allows)."""
+    rng = random.Random(1234)
+    resolution = time.get_clock_info("monotonic").resolution
+    now = loop.time()
+    fired = []
+
+    def cb(when, i):
+        fired.append((when, i, loop.time()))
+
+    for i in range(5000):
+        offset = rng.choice((-0.01, 0.0, 0.004, 0.004, rng.uniform(0, 0.03)))
+        loop.call_at(now + offset, cb, now + offset, i)
+    _assert_heap_ordered(loop)
+    loop.call_at(now + 0.05, loop.stop)
+    loop.run_forever()
+    assert sorted(i for _, i, _ in fired) == list(range(5000))
+    deadlines = [when for when, _, _ in fired]
+    assert deadlines == sorted(deadlines)
+    assert all(t >= when - resolution - 1e-6 for when, _, t in fired)
+
+
+def test_cancel_half_of_10k_timers(loop):
+    rng = random.Random(99)
+    now = loop.time()
+    fired = []
+    handles = [loop.call_at(now + rng.uniform(0, 0.02), fired.append, i)
+               for i in range(10000)]
+    cancelled = set(rng.sample(range(10000), 5000))
+    for i in cancelled:
+        handles[i].cancel()
+    _assert_heap_ordered(loop)
+    loop.call_at(now + 0.04, loop.stop)
+    loop.run_forever()
+    assert sorted(fired) == sorted(set(range(10000)) - cancelled)
+    deadlines = [handles[i].when() for i in fired]
+    assert deadlines == sorted(deadlines)
+    assert all(handles[i].cancelled() for i in cancelled)
+    if hasattr(loop, "_scheduled"):
+        assert loop._scheduled == []
+
+
+def test_timers_cancelled_and_scheduled_by_timer_callbacks(loop):
+    """All timers due in one iteration, with distinct deadlines: callbacks
+    cancel timers queued behind them (which then never run) and schedule
+    past-due timers (which run in the next iteration).  The exact trace is
+    known in advance, the same for every loop."""
+    now = loop.time()
+    handles = {}
+    trace = []
+
+    def cb(i):
+        trace.append(i)
+        if i % 3 == 0 and i + 1 in handles:
+            handles[i + 1].cancel()
+        if i < 100 and i % 5 == 0:
+            handles[1000 + i] = loop.call_at(now - 1 + i * 1e-4, cb, 1000 + i)
+
+    def deadline(i):
+        return now - 1 + (i * 7919) % 300 * 1e-3   # a permutation of 0..299 ms
+
+    for i in range(300):
+        handles[i] = loop.call_at(deadline(i), cb, i)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+
+    expected, cancelled, later = [], set(), []
+    for i in sorted(range(300), key=deadline):
+        if i in cancelled:
+            continue
+        expected.append(i)
+        if i % 3 == 0:
+            cancelled.add(i + 1)
+        if i < 100 and i % 5 == 0:
+            later.append(1000 + i)
+    assert trace == expected + sorted(later)
+
+
+def test_call_later_delay_types(loop):
+    seen = []
+    loop.call_later(0, seen.append, "int")
+    loop.call_later(fractions.Fraction(1, 1000), seen.append, "fraction")
+    loop.call_later(True, seen.append, "bool")      # one second: not reached
+    with pytest.raises(TypeError):
+        loop.call_later(decimal.Decimal("0.001"), seen.append, "decimal")
+    with pytest.raises(TypeError):
+        loop.call_later("0.001", seen.append, "str")
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert seen == ["int", "fraction"]
+
+
+def test_call_later_goes_through_subclass_call_at(loop):
+    """asyncio's call_later() calls call_at(): a subclass overriding call_at
+    sees every timer."""
+    seen = []
+
+    class Sub(type(loop)):
+        def call_at(self, when, callback, *args, context=None):
+            seen.append(callback)
+            return super().call_at(when, callback, *args, context=context)
+
+    sub = Sub()
+    try:
+        h = sub.call_later(0, sub.stop)
+        sub.run_forever()
+        assert seen == [sub.stop]
+        assert h.when() <= sub.time()
+    finally:
+        sub.close()
 
 
 def test_sleep_wakes_at_deadline(run):

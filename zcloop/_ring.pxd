@@ -45,8 +45,9 @@ cdef class RingLoop:
         zc_cqe _cqes[256]
 
         object _ready                   # deque of Handle
-        list _scheduled                 # heap of TimerHandle
+        list _timers                    # heap of TimerHandle on _when (cbhandles.pyx)
         int _timer_cancelled_count
+        bint _call_at_overridden        # by a subclass: call_later() goes through it
         bint _stopping
         bint _closed
         bint _running
@@ -123,6 +124,8 @@ cdef class RingLoop:
     cdef _check_thread(self)
     cdef Handle _call_soon(self, object callback, object args, object context)
     cdef _add_ready(self, Handle handle)
+    cdef TimerHandle _call_at(self, double when, object callback, object args,
+                              object context)
     cdef _timer_handle_cancelled(self, TimerHandle handle)
     cdef _wakeup(self)
     cdef _arm_wakeup(self)

@@ -18,7 +18,9 @@ from cpython.buffer cimport (
     PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS)
 from .includes.python cimport (
     PyContext_Enter, PyContext_Exit, PyContext_CopyCurrent, PyErr_CheckSignals,
-    PyThread_get_thread_ident, _PyBytes_Resize)
+    PyThread_get_thread_ident, _PyBytes_Resize, PyListObject)
+from cpython.float cimport PyFloat_CheckExact
+from cpython.long cimport PyLong_CheckExact
 
 import collections
 import collections.abc
@@ -26,7 +28,6 @@ import concurrent.futures
 import errno as errno_mod
 import fcntl
 import functools
-import heapq
 import io
 import ipaddress
 import itertools
@@ -137,8 +138,9 @@ cdef class RingLoop:
                              f'known: {", ".join(sorted(_FEATURE_NAMES))}')
         self._disabled_features = frozenset(disabled)
         self._ready = collections.deque()
-        self._scheduled = []
+        self._timers = []
         self._timer_cancelled_count = 0
+        self._call_at_overridden = type(self).call_at is not RingLoop.call_at
         self._stopping = False
         self._closed = False
         self._running = False
@@ -687,7 +689,7 @@ cdef class RingLoop:
         cdef TimerHandle timer
         cdef Handle handle
         cdef Py_ssize_t ntodo, i
-        cdef list scheduled = self._scheduled
+        cdef list scheduled = self._timers
 
         sched_count = len(scheduled)
         if (sched_count > _MIN_SCHEDULED_TIMER_HANDLES and
@@ -701,14 +703,14 @@ cdef class RingLoop:
                     timer._scheduled = False
                 else:
                     new_scheduled.append(timer)
-            heapq.heapify(new_scheduled)
-            self._scheduled = scheduled = new_scheduled
+            _heap_init(new_scheduled)
+            self._timers = scheduled = new_scheduled
             self._timer_cancelled_count = 0
         else:
             # Remove delayed calls that were cancelled from head of queue.
-            while scheduled and (<TimerHandle>scheduled[0])._cancelled:
+            while scheduled and (<TimerHandle>_heap_items(scheduled)[0])._cancelled:
                 self._timer_cancelled_count -= 1
-                timer = heapq.heappop(scheduled)
+                timer = _heap_pop(scheduled)
                 timer._scheduled = False
 
         self._flush_pending()
@@ -726,10 +728,9 @@ cdef class RingLoop:
         # Handle 'later' callbacks that are ready.
         end_time = self._time() + self._clock_resolution
         while scheduled:
-            timer = <TimerHandle>scheduled[0]
-            if timer._when >= end_time:
+            if _timer_when(_heap_items(scheduled)[0]) >= end_time:
                 break
-            heapq.heappop(scheduled)
+            timer = _heap_pop(scheduled)
             timer._scheduled = False
             self._ready.append(timer)
 
@@ -874,7 +875,7 @@ cdef class RingLoop:
             self.remove_signal_handler(sig)
         self._closed = True
         self._ready.clear()
-        self._scheduled.clear()
+        self._timers.clear()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -949,24 +950,45 @@ cdef class RingLoop:
 
     def call_later(self, delay, callback, *args, context=None):
         """Arrange for a callback to be called at a given time."""
+        cdef double when
         if delay is None:
             raise TypeError('delay must not be None')
-        return self.call_at(self._time() + delay, callback, *args, context=context)
+        if self._call_at_overridden:
+            # As asyncio's: a subclass's call_at() sees call_later()'s timers.
+            return self.call_at(self._time() + delay, callback, *args, context=context)
+        if PyFloat_CheckExact(delay) or PyLong_CheckExact(delay):
+            when = self._time() + <double>delay
+        else:
+            # Other numbers add as asyncio's time() + delay does.
+            when = self._time() + delay
+        self._check_closed()
+        return self._call_at(when, callback, args if args else None, context)
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (loop.time())."""
         if when is None:
             raise TypeError("when cannot be None")
         self._check_closed()
+        return self._call_at(when, callback, args if args else None, context)
+
+    @property
+    def _scheduled(self):
+        """A copy of the timer heap: asyncio's loop._scheduled, to look at.
+        (The heap itself must hold only TimerHandles, so it is not shared.)"""
+        return list(self._timers)
+
+    cdef TimerHandle _call_at(self, double when, object callback, object args,
+                              object context):
         if self._debug:
             self._check_thread()
+            # call_later goes through call_at in asyncio: same message.
             _check_callback(callback, 'call_at')
         if context is None:
             context = PyContext_CopyCurrent()
-        cdef TimerHandle timer = new_timer(self, when, callback, args if args else None, context)
+        cdef TimerHandle timer = new_timer(self, when, callback, args, context)
         if self._debug:
             timer._set_source_traceback()
-        heapq.heappush(self._scheduled, timer)
+        _heap_push(self._timers, timer)
         timer._scheduled = True
         return timer
 

@@ -170,3 +170,81 @@ cdef inline TimerHandle new_timer(RingLoop loop, double when, object callback, o
     h._context = context
     h._when = when
     return h
+
+
+# The loop's timers: a binary min-heap on TimerHandle._when, stored in a
+# Python list (so the GC sees the references) but ordered here in C on the
+# double deadlines instead of through heapq's rich comparisons.  Entries are
+# only moved between slots, so their references stay owned by the list.
+# Comparisons are written `a < b` as TimerHandle.__lt__ does, so a NaN
+# deadline places like it would with heapq.
+
+cdef inline double _timer_when(PyObject *timer) noexcept:
+    return (<TimerHandle>timer)._when
+
+
+cdef inline PyObject **_heap_items(list heap) noexcept:
+    return (<PyListObject*><PyObject*>heap).ob_item
+
+
+cdef void _heap_sift_up(PyObject **items, Py_ssize_t start, Py_ssize_t pos,
+                        PyObject *item) noexcept:
+    """Put item in the hole at pos, moving it up towards start."""
+    cdef double when = _timer_when(item)
+    cdef Py_ssize_t parent
+    while pos > start:
+        parent = (pos - 1) >> 1
+        if not when < _timer_when(items[parent]):
+            break
+        items[pos] = items[parent]
+        pos = parent
+    items[pos] = item
+
+
+cdef void _heap_sift_down(PyObject **items, Py_ssize_t n, Py_ssize_t pos,
+                          PyObject *item) noexcept:
+    """Put item in the hole at pos, in the subheap rooted there.
+
+    The hole first travels to a leaf along the earlier children, then item
+    moves up from there: the item comes from the end of the heap, so it
+    usually belongs near the bottom, and this takes about one comparison per
+    level instead of two."""
+    cdef Py_ssize_t start = pos
+    cdef Py_ssize_t child = 2 * pos + 1
+    while child < n:
+        if child + 1 < n and not _timer_when(items[child]) < _timer_when(items[child + 1]):
+            child += 1
+        items[pos] = items[child]
+        pos = child
+        child = 2 * pos + 1
+    _heap_sift_up(items, start, pos, item)
+
+
+cdef _heap_push(list heap, TimerHandle timer):
+    heap.append(timer)
+    cdef Py_ssize_t last = len(heap) - 1
+    _heap_sift_up(_heap_items(heap), 0, last, <PyObject*>timer)
+
+
+cdef TimerHandle _heap_pop(list heap):
+    """Remove and return the earliest timer; heap must not be empty."""
+    cdef PyObject **items
+    cdef TimerHandle top
+    cdef object last = heap.pop()
+    if not heap:
+        return <TimerHandle>last
+    items = _heap_items(heap)
+    top = <TimerHandle>items[0]
+    Py_DECREF(top)                  # the list's reference, now ours
+    Py_INCREF(last)                 # back in the list, at the hole's end
+    _heap_sift_down(items, len(heap), 0, <PyObject*>last)
+    return top
+
+
+cdef _heap_init(list heap):
+    """Order a list of timers into a heap."""
+    cdef PyObject **items = _heap_items(heap)
+    cdef Py_ssize_t n = len(heap)
+    cdef Py_ssize_t i
+    for i in reversed(range(n // 2)):
+        _heap_sift_down(items, n, i, items[i])

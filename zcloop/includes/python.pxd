@@ -13,3 +13,7 @@ cdef extern from "Python.h":
     int PyBUF_C_CONTIGUOUS
     int PyBUF_ANY_CONTIGUOUS
     int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
+
+    # The item array of a list: the timer heap moves its entries in place.
+    ctypedef struct PyListObject:
+        PyObject **ob_item
