@@ -419,7 +419,7 @@ def _child_env():
 
 
 # ----------------------------------------------------------------------
-# ENOBUFS: the loop-wide provided-buffer ring (256 x 64 KiB) runs dry while
+# ENOBUFS: the loop-wide provided-buffer ring (16 buffers at first) runs dry while
 # many connections blast data at a slow protocol.  No byte may be lost.
 
 BLASTER = """

