@@ -764,3 +764,30 @@ def test_tls_shutdown_timeout(loop_factory, certs):
         return type(exc), str(exc), pr.events
     assert run(loop_factory, main) == (asyncio.TimeoutError, 'SSL shutdown timed out',
                                        ['made', 'lost'])
+
+
+def test_tls_app_data_received_raises(certs):
+    """An exception in the app's data_received() is a fatal error of the
+    connection: the exception handler hears of it, connection_lost() gets it."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        contexts = []
+        loop.set_exception_handler(lambda _loop, ctx: contexts.append(ctx))
+
+        class Failing(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                raise RuntimeError('app bug')
+
+        srv, tr, pr, sp = await _tls_pair(loop, certs, lambda: Recorder(echo=True), Failing)
+        tr.write(b'ping')
+        exc = await pr.lost
+        await sp.lost
+        srv.close()
+        await srv.wait_closed()
+        return ([(c['message'], type(c['exception']).__name__) for c in contexts],
+                type(exc).__name__, str(exc), pr.events, tr.is_closing())
+    a, z = both(main)
+    assert a == z
+    assert a[0] == [('Fatal error on SSL protocol', 'RuntimeError')]
+    assert a[1:] == ('RuntimeError', 'app bug', ['made', 'data', 'lost'], True)

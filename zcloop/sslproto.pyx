@@ -56,7 +56,6 @@ cdef _snapshot(object backlog, Py_ssize_t first):
             backlog[i] = bytes(data)
 
 
-@cython.no_gc_clear
 cdef class _SSLProtocolTransport:
     """The app-facing transport of a TLS connection (asyncio's
     _SSLProtocolTransport)."""
@@ -165,7 +164,6 @@ cdef class _SSLProtocolTransport:
             self._ssl_protocol._abort(exc)
 
 
-@cython.no_gc_clear
 cdef class SSLProtocol:
     """asyncio.sslproto.SSLProtocol, compiled: TLS over a MemoryBIO pair on
     top of a raw stream transport."""
