@@ -72,7 +72,7 @@ cdef class _SSLProtocolTransport:
     cdef SSLProtocol _proto(self):
         # asyncio drops its protocol on a second close(); later calls fail.
         if self._ssl_protocol is None:
-            raise AttributeError("'NoneType' object has no attribute '_ssl_protocol'")
+            raise AttributeError('the SSL protocol is gone: the transport was closed twice')
         return self._ssl_protocol
 
     def get_extra_info(self, name, default=None):
@@ -208,7 +208,9 @@ cdef class SSLProtocol:
             server_hostname=server_hostname if server_hostname and not server_side else None)
         # The stdlib SSLObject's read()/write() are Python wrappers around
         # its C object; call that directly unless a subclass overrides them.
-        fast = self._sslobj._sslobj if type(self._sslobj) is _SSLObject else self._sslobj
+        fast = self._sslobj
+        if type(fast) is _SSLObject:
+            fast = getattr(fast, '_sslobj', fast)
         self._ssl_read = fast.read
         self._ssl_write = fast.write
         self._ssl_pending = fast.pending
