@@ -786,7 +786,10 @@ cdef class StreamTransport(RingTransport):
                 if type(entry) is _Pinned:
                     (<_Pinned>entry).handle._set_sent(
                         exc if exc is not None else ConnectionAbortedError('Transport aborted'))
-        RingTransport._call_connection_lost(self, exc)
+        try:
+            RingTransport._call_connection_lost(self, exc)
+        finally:
+            self._ssl = None        # as the base drops _protocol
 
     # ------------------------------------------------------------------
     # Zero-copy statistics (zerocopy.md W15); tuning is in RingTransport
