@@ -444,3 +444,350 @@ def test_connect_accepted_socket_tls(loop_factory, certs):
         await pr.lost
         await spr.lost
     run(loop_factory, main)
+
+
+# ----------------------------------------------------------------------
+# The SSL protocol's own behaviour: flow control both ways, BufferedProtocol
+# apps, the transport API, shutdown timeouts and aborts (differential).
+
+
+async def _tls_pair(loop, certs, server_factory, client_factory=Recorder, **client_kwargs):
+    accepted = loop.create_future()
+
+    def factory():
+        p = server_factory()
+        accepted.set_result(p)
+        return p
+    srv, port = await tls_server(loop, certs, factory)
+    tr, pr = await loop.create_connection(client_factory, '127.0.0.1', port,
+                                          ssl=certs['client'], server_hostname='localhost',
+                                          **client_kwargs)
+    return srv, tr, pr, await accepted
+
+
+class _Streamer(Recorder):
+    """Server that writes ``payload`` as fast as flow control allows, then closes."""
+
+    def __init__(self, payload):
+        super().__init__()
+        self.payload = payload
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        asyncio.ensure_future(self._send())
+
+    async def _send(self):
+        for off in range(0, len(self.payload), 64 * 1024):
+            await self.writable.wait()
+            self.transport.write(self.payload[off:off + 64 * 1024])
+        self.transport.close()
+
+
+def test_tls_app_pause_reading_large_transfer(loop_factory, certs):
+    """The app pauses reading after every chunk; while paused nothing is
+    delivered, the incoming buffer fills and the raw transport stops reading
+    above the read high-water mark."""
+    size = 4 * 1024 * 1024
+    payload = pattern(size, seed=60)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        class Client(asyncio.Protocol):
+            def __init__(self):
+                self.h = hashlib.sha256()
+                self.n = 0
+                self.paused = False
+                self.raw_paused_seen = False
+                self.max_buffered = 0
+                self.events = []
+
+            def connection_made(self, transport):
+                self.transport = transport
+                transport.set_read_buffer_limits(high=64 * 1024)
+                self.events.append('made')
+
+            def data_received(self, data):
+                assert not self.paused
+                self.h.update(data)
+                self.n += len(data)
+                self.transport.pause_reading()
+                self.paused = True
+                assert not self.transport.is_reading()
+                loop.call_later(0.02 if self.n < 256 * 1024 else 0.0005, self.resume)
+
+            def resume(self):
+                raw = self.transport._ssl_protocol._transport
+                self.max_buffered = max(self.max_buffered,
+                                        self.transport.get_read_buffer_size())
+                if raw is not None and not raw.is_reading():
+                    self.raw_paused_seen = True
+                self.paused = False
+                self.transport.resume_reading()
+
+            def eof_received(self):
+                self.events.append('eof')
+
+            def connection_lost(self, exc):
+                self.events.append('lost')
+                done.set_result(exc)
+
+        srv, tr, pr, sp = await _tls_pair(loop, certs, lambda: _Streamer(payload), Client)
+        assert tr.get_read_buffer_limits() == (16 * 1024, 64 * 1024)
+        assert await done is None
+        srv.close()
+        await srv.wait_closed()
+        assert pr.n == size and pr.h.hexdigest() == digest(payload)
+        assert pr.raw_paused_seen
+        assert 0 < pr.max_buffered < 1024 * 1024, pr.max_buffered
+        return pr.events
+    assert run(loop_factory, main, timeout=90) == ['made', 'eof', 'lost']
+
+
+class _MemoryviewBuffered(asyncio.BufferedProtocol):
+    def __init__(self, bufsize):
+        self.view = memoryview(bytearray(bufsize))
+        self.h = hashlib.sha256()
+        self.n = 0
+        self.calls = 0
+        self.events = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.events.append('made')
+
+    def get_buffer(self, sizehint):
+        return self.view
+
+    def buffer_updated(self, nbytes):
+        assert 0 < nbytes <= len(self.view)
+        self.calls += 1
+        self.h.update(self.view[:nbytes])
+        self.n += nbytes
+
+    def eof_received(self):
+        self.events.append('eof')
+
+    def connection_lost(self, exc):
+        self.events.append('lost')
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize('bufsize', [1000, 64 * 1024])
+def test_tls_buffered_protocol(loop_factory, certs, bufsize):
+    size = 2 * 1024 * 1024 + 17
+    payload = pattern(size, seed=61)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, tr, pr, sp = await _tls_pair(loop, certs, lambda: _Streamer(payload),
+                                          lambda: _MemoryviewBuffered(bufsize))
+        assert await pr.lost is None
+        srv.close()
+        await srv.wait_closed()
+        assert (pr.n, pr.h.hexdigest()) == (size, digest(payload))
+        assert pr.calls >= size // bufsize
+        return pr.events
+    assert run(loop_factory, main, timeout=60) == ['made', 'eof', 'lost']
+
+
+def test_tls_write_flow_control(loop_factory, certs):
+    """A peer that does not read: the TLS transport's write buffer grows past
+    its high-water mark, pause_writing() follows, and resume_writing() once
+    the peer reads again; every byte arrives."""
+    size = 8 * 1024 * 1024
+    payload = pattern(size, seed=62)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class Sink(Recorder):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                transport.pause_reading()
+
+        srv, tr, pr, sp = await _tls_pair(loop, certs, Sink)
+        await sp.made
+        assert tr.get_write_buffer_limits() == (128 * 1024, 512 * 1024)
+        tr.set_write_buffer_limits(high=256 * 1024)
+        assert tr.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
+        for off in range(0, size, 256 * 1024):
+            tr.write(payload[off:off + 256 * 1024])
+            await asyncio.sleep(0)
+        assert pr.pauses == 1 and not pr.writable.is_set()
+        assert tr.get_write_buffer_size() > 256 * 1024
+        sp.transport.resume_reading()
+        await pr.writable.wait()
+        assert await sp.wait_bytes(size) == payload
+        assert (pr.pauses, pr.resumes) == (1, 1)
+        tr.close()
+        assert await pr.lost is None
+        await sp.lost
+        srv.close()
+        await srv.wait_closed()
+    run(loop_factory, main, timeout=60)
+
+
+def test_tls_transport_api(certs):
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, tr, pr, sp = await _tls_pair(loop, certs, Recorder)
+        out = {}
+        out['keys'] = {k: tr.get_extra_info(k) is not None
+                       for k in ('ssl_object', 'peercert', 'cipher', 'sslcontext', 'socket',
+                                 'peername', 'sockname')}
+        out['compression'] = tr.get_extra_info('compression')
+        out['missing'] = tr.get_extra_info('no-such-key', 'dflt')
+        out['can_write_eof'] = tr.can_write_eof()
+        with pytest.raises(NotImplementedError):
+            tr.write_eof()
+        with pytest.raises(TypeError) as info:
+            tr.write('text')
+        out['write_type_error'] = str(info.value)
+        with pytest.raises(ValueError) as info:
+            tr.set_read_buffer_limits(high=1, low=2)
+        out['limits_error'] = str(info.value)
+        tr.set_read_buffer_limits(high=1000)
+        out['read_limits'] = tr.get_read_buffer_limits()
+        out['read_size'] = tr.get_read_buffer_size()
+        out['reading'] = [tr.is_reading()]
+        tr.pause_reading()
+        out['reading'].append(tr.is_reading())
+        tr.resume_reading()
+        out['reading'].append(tr.is_reading())
+        out['protocol_is_pr'] = tr.get_protocol() is pr
+        buf = bytearray(b'mutable')
+        tr.writelines([b'one ', buf, memoryview(b' three')])
+        buf[:] = b'changed'
+        tr.write(b'')
+        assert await sp.wait_bytes(17) == b'one mutable three'
+        tr.close()
+        out['closing'] = tr.is_closing()
+        tr.write(b'dropped after close')
+        out['lost'] = await pr.lost
+        await sp.lost
+        out['events'] = (pr.events, sp.events)
+        out['received'] = bytes(sp.data)
+        tr.close()          # a second close() drops the SSL protocol (asyncio)
+        with pytest.raises(AttributeError):
+            tr.get_extra_info('peername')
+        srv.close()
+        await srv.wait_closed()
+        return out
+    a, z = both(main)
+    assert a == z
+    assert a['reading'] == [True, False, True]
+    assert a['read_limits'] == (250, 1000)
+
+
+def test_tls_abort_during_shutdown(loop_factory, certs):
+    """abort() right after close(): connection_lost(None) exactly once."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv, tr, pr, sp = await _tls_pair(loop, certs, Recorder)
+        await sp.made       # else abort() may drop the client's last handshake flight
+        tr.write(b'x' * 100)
+        tr.close()
+        tr.abort()
+        tr.abort()
+        assert await pr.lost is None
+        await sp.lost
+        await asyncio.sleep(0.05)
+        srv.close()
+        await srv.wait_closed()
+        return pr.events, sp.events[0], sp.events[-1]
+    assert run(loop_factory, main) == (['made', 'lost'], 'made', 'lost')
+
+
+def test_tls_abort_server_during_handshake(certs):
+    """The accepted connection is aborted mid-handshake: the client's
+    create_connection() fails, the server app never sees the connection."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        made = []
+
+        class Server(Recorder):
+            def connection_made(self, transport):
+                made.append(transport)
+                super().connection_made(transport)
+        srv, port = await tls_server(loop, certs, Server, ssl_handshake_timeout=0.2)
+        # A client that only sends a ClientHello and then nothing more: the
+        # server's handshake times out and aborts.
+        s = socket.create_connection(('127.0.0.1', port))
+        s.sendall(b'\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00')
+        data = await loop.run_in_executor(None, recv_all_blocking_, s)
+        s.close()
+        srv.close()
+        await srv.wait_closed()
+        return made, data == b'' or data.startswith(b'\x15')
+    a, z = both(main, allow_errors=True)
+    assert a == z
+    assert a == ([], True)
+
+
+def recv_all_blocking_(sock):
+    sock.settimeout(10)
+    buf = b''
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return buf
+        if not chunk:
+            return buf
+        buf += chunk
+
+
+def test_tls_shutdown_timeout(loop_factory, certs):
+    """The peer never answers close_notify (its app paused reading): the
+    shutdown times out and connection_lost() gets asyncio's TimeoutError."""
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class Deaf(Recorder):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                transport.pause_reading()
+
+        srv, tr, pr, sp = await _tls_pair(loop, certs, Deaf, ssl_shutdown_timeout=0.2)
+        await sp.made
+        t0 = loop.time()
+        tr.close()
+        exc = await pr.lost
+        elapsed = loop.time() - t0
+        sp.transport.abort()
+        await sp.lost
+        srv.close()
+        await srv.wait_closed()
+        assert 0.15 < elapsed < 5, elapsed
+        return type(exc), str(exc), pr.events
+    assert run(loop_factory, main) == (asyncio.TimeoutError, 'SSL shutdown timed out',
+                                       ['made', 'lost'])
+
+
+def test_tls_app_data_received_raises(certs):
+    """An exception in the app's data_received() is a fatal error of the
+    connection: the exception handler hears of it, connection_lost() gets it."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        contexts = []
+        loop.set_exception_handler(lambda _loop, ctx: contexts.append(ctx))
+
+        class Failing(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                raise RuntimeError('app bug')
+
+        srv, tr, pr, sp = await _tls_pair(loop, certs, lambda: Recorder(echo=True), Failing)
+        tr.write(b'ping')
+        exc = await pr.lost
+        await sp.lost
+        srv.close()
+        await srv.wait_closed()
+        return ([(c['message'], type(c['exception']).__name__) for c in contexts],
+                type(exc).__name__, str(exc), pr.events, tr.is_closing())
+    a, z = both(main)
+    assert a == z
+    assert a[0] == [('Fatal error on SSL protocol', 'RuntimeError')]
+    assert a[1:] == ('RuntimeError', 'app bug', ['made', 'data', 'lost'], True)

@@ -9,6 +9,7 @@ from .includes.liburing cimport (
 
 cdef class RingLoop
 cdef class WritePipeTransport
+cdef class SSLProtocol
 
 include "cbhandles.pxd"
 include "ops.pxd"
@@ -20,6 +21,7 @@ include "handles/pipe.pxd"
 include "handles/sockops.pxd"
 include "handles/pollwait.pxd"
 include "handles/udp.pxd"
+include "sslproto.pxd"
 
 
 cdef class RingLoop:

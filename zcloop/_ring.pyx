@@ -50,7 +50,6 @@ from asyncio import AbstractEventLoop
 from asyncio import constants as aio_constants
 from asyncio import exceptions as aio_exceptions
 from asyncio import protocols as aio_protocols
-from asyncio import sslproto as aio_sslproto
 from asyncio import staggered as aio_staggered
 from asyncio.base_events import _ipaddr_info
 from asyncio.protocols import BufferedProtocol as aio_protocols_BufferedProtocol
@@ -111,6 +110,7 @@ include "handles/pipe.pyx"
 include "handles/sockops.pyx"
 include "handles/pollwait.pyx"
 include "handles/udp.pyx"
+include "sslproto.pyx"
 include "api_streams.pyx"
 include "api_subprocess.pyx"
 include "api_sendfile.pyx"

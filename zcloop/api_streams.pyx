@@ -11,10 +11,9 @@ cdef object _make_stream_transport(RingLoop loop, object sock, object protocol,
 def _make_ssl_transport(RingLoop loop, rawsock, protocol, sslcontext, waiter=None, *,
                         server_side=False, server_hostname=None, extra=None, server=None,
                         ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
-    # TLS runs asyncio's own SSLProtocol (MemoryBIO state machine) over a
-    # zcloop stream transport: one well-tested implementation of TLS
-    # semantics, with all socket I/O on the ring.
-    ssl_protocol = aio_sslproto.SSLProtocol(
+    # TLS is zcloop's compiled SSLProtocol (asyncio's MemoryBIO state
+    # machine) over a stream transport that feeds it ciphertext directly.
+    cdef SSLProtocol ssl_protocol = SSLProtocol(
         loop, protocol, sslcontext, waiter, server_side, server_hostname,
         ssl_handshake_timeout=ssl_handshake_timeout,
         ssl_shutdown_timeout=ssl_shutdown_timeout)
@@ -490,7 +489,7 @@ class _StreamsAPI:
         if not isinstance(transport, StreamTransport):
             raise TypeError(f'transport {transport!r} is not supported by start_tls()')
         waiter = self.create_future()
-        ssl_protocol = aio_sslproto.SSLProtocol(
+        cdef SSLProtocol ssl_protocol = SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,

@@ -60,7 +60,8 @@ cdef class StreamTransport(RingTransport):
         bint _paused
         bint _read_eof
         list _paused_data            # data that arrived while paused (None = EOF)
-        bint _buffered               # protocol is a BufferedProtocol
+        bint _buffered               # protocol is a BufferedProtocol (or SSLProtocol)
+        SSLProtocol _ssl             # the protocol when it is zcloop's TLS: fed directly
         char *_rbuf                  # own receive buffer without a buffer ring
         bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 

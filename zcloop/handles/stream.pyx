@@ -183,7 +183,9 @@ cdef class StreamTransport(RingTransport):
     # Protocol switching and reading
 
     def set_protocol(self, protocol):
-        self._buffered = isinstance(protocol, aio_protocols_BufferedProtocol)
+        self._ssl = protocol if type(protocol) is SSLProtocol else None
+        self._buffered = (self._ssl is not None
+                          or isinstance(protocol, aio_protocols_BufferedProtocol))
         self._protocol = protocol
         self._protocol_connected = True
 
@@ -312,6 +314,14 @@ cdef class StreamTransport(RingTransport):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, 'Fatal error: protocol.data_received() call failed.')
+            return 0
+        if self._ssl is not None:
+            try:
+                self._ssl._feed(data, n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
             return 0
         # BufferedProtocol: copy straight into the protocol's buffer(s).
         while n > 0 and not self._conn_lost:
@@ -776,7 +786,10 @@ cdef class StreamTransport(RingTransport):
                 if type(entry) is _Pinned:
                     (<_Pinned>entry).handle._set_sent(
                         exc if exc is not None else ConnectionAbortedError('Transport aborted'))
-        RingTransport._call_connection_lost(self, exc)
+        try:
+            RingTransport._call_connection_lost(self, exc)
+        finally:
+            self._ssl = None        # as the base drops _protocol
 
     # ------------------------------------------------------------------
     # Zero-copy statistics (zerocopy.md W15); tuning is in RingTransport
