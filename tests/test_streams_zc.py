@@ -578,7 +578,9 @@ def test_perf_send_zc_opcodes(tmp_path):
     # (the 1 MiB one is one request: ZC requests are capped at 1 MiB).
     assert ops.count('SEND_ZC') == 3, ops
     assert ops.count('SENDMSG_ZC') == 0, ops
-    assert ops.count('SEND') + ops.count('SENDMSG') >= 5, ops
+    # The three write_zc() payloads below it are copy requests on the ring;
+    # the plain write()s on the idle socket went out inline (send(2)).
+    assert ops.count('SEND') + ops.count('SENDMSG') >= 3, ops
 
 
 # ----------------------------------------------------------------------

@@ -86,6 +86,7 @@ cdef class RingLoop:
 
         # streams: transports with queued writes, flushed once per iteration
         list _pending_flush
+        uint64_t _iteration            # _run_once() count: one inline send per transport each
 
         # loop-wide provided-buffer ring for multishot receives
         io_uring_buf_ring *_buf_ring

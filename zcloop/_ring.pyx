@@ -720,6 +720,7 @@ cdef class RingLoop:
                 timer = _heap_pop(scheduled)
                 timer._scheduled = False
 
+        self._iteration += 1
         self._flush_pending()
         if self._ready or self._stopping:
             timeout = 0

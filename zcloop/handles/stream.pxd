@@ -51,6 +51,7 @@ cdef class StreamTransport(RingTransport):
         _SendOp _send_op             # the one send chain in flight, or None
         Py_ssize_t _inflight_bytes
         bint _flush_queued
+        uint64_t _inline_iteration   # loop iteration of the last inline send()
         bint _eof
         bint _shutdown_done
 
@@ -75,10 +76,12 @@ cdef class StreamTransport(RingTransport):
         Py_ssize_t _st_zc_copied
         Py_ssize_t _st_demotions
         Py_ssize_t _st_sends
+        Py_ssize_t _st_inline_sends
 
     cdef _init_stream(self, RingLoop loop, object sock, object protocol, object waiter,
                       object extra, object server)
     cdef _enqueue(self, object entry, Py_ssize_t n)
+    cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1
     cdef _flush(self)
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags)

@@ -34,6 +34,7 @@ cdef extern from "<sys/mman.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     int MSG_WAITALL, MSG_NOSIGNAL, MSG_DONTWAIT, MSG_TRUNC
+    ssize_t send(int sockfd, const void *buf, size_t len, int flags)
     int SOCK_NONBLOCK, SOCK_CLOEXEC
 
 cdef extern from "<fcntl.h>" nogil:
