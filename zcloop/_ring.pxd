@@ -87,6 +87,7 @@ cdef class RingLoop:
         # streams: transports with queued writes, flushed once per iteration
         list _pending_flush
         uint64_t _iteration            # _run_once() count: one inline send per transport each
+        bint _inline_sends             # this iteration's write()s may send() at once
 
         # loop-wide provided-buffer ring for multishot receives
         io_uring_buf_ring *_buf_ring
@@ -114,7 +115,7 @@ cdef class RingLoop:
     cdef _grow_slots(self)
     cdef _cancel_op(self, uint64_t user_data)
     cdef int _wait(self, double timeout) except -1
-    cdef int _reap(self) except -1
+    cdef Py_ssize_t _reap(self) except -1
     cdef int _dispatch(self, zc_cqe *cqe) except -1
     cdef _drain_ring(self, double deadline)
     cdef _close_ring(self)
