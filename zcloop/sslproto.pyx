@@ -649,30 +649,12 @@ cdef class SSLProtocol:
         cdef Py_ssize_t size = self._get_write_buffer_size()
         if size >= self._outgoing_high_water and not self._app_writing_paused:
             self._app_writing_paused = True
-            try:
-                self._app_protocol.pause_writing()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    'message': 'protocol.pause_writing() failed',
-                    'exception': exc,
-                    'transport': self._app_transport,
-                    'protocol': self,
-                })
+            _call_write_flow_control(self._loop, self._app_protocol, True,
+                                     self._app_transport, self)
         elif size <= self._outgoing_low_water and self._app_writing_paused:
             self._app_writing_paused = False
-            try:
-                self._app_protocol.resume_writing()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    'message': 'protocol.resume_writing() failed',
-                    'exception': exc,
-                    'transport': self._app_transport,
-                    'protocol': self,
-                })
+            _call_write_flow_control(self._loop, self._app_protocol, False,
+                                     self._app_transport, self)
 
     cdef Py_ssize_t _get_write_buffer_size(self) except -1:
         return self._outgoing.pending + self._write_buffer_size

@@ -116,32 +116,12 @@ cdef class RingTransport:
         if self._buffer_size() <= self._high_water or self._protocol_paused:
             return
         self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                'message': 'protocol.pause_writing() failed',
-                'exception': exc,
-                'transport': self,
-                'protocol': self._protocol,
-            })
+        _call_write_flow_control(self._loop, self._protocol, True, self, self._protocol)
 
     cdef _maybe_resume_protocol(self):
         if self._protocol_paused and self._buffer_size() <= self._low_water:
             self._protocol_paused = False
-            try:
-                self._protocol.resume_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    'message': 'protocol.resume_writing() failed',
-                    'exception': exc,
-                    'transport': self,
-                    'protocol': self._protocol,
-                })
+            _call_write_flow_control(self._loop, self._protocol, False, self, self._protocol)
 
     # -- errors and teardown
 
@@ -196,3 +176,25 @@ cdef class RingTransport:
             del self._loop._transports[self._fd]
         self._sock.close()
         self._sock = None
+
+
+cdef _call_write_flow_control(RingLoop loop, object protocol, bint pause, object transport,
+                              object context_protocol):
+    """protocol.pause_writing() or resume_writing(); what it raises goes to
+    the loop's exception handler, as asyncio does (SystemExit and
+    KeyboardInterrupt propagate)."""
+    try:
+        if pause:
+            protocol.pause_writing()
+        else:
+            protocol.resume_writing()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        loop.call_exception_handler({
+            'message': 'protocol.pause_writing() failed' if pause
+                       else 'protocol.resume_writing() failed',
+            'exception': exc,
+            'transport': transport,
+            'protocol': context_protocol,
+        })
