@@ -8,6 +8,9 @@
 # completion is copied into bytes and the buffer recycled at once (R1).
 
 cdef Py_ssize_t IOV_MAX_SEGMENTS = 1024
+# write()s this large may send() at once even in a busy iteration: copied
+# to the socket while still in cache (10 KiB x 100 echo: 0.88x -> 1.02x).
+cdef Py_ssize_t INLINE_SEND_ALWAYS_MIN = 8 * 1024
 cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (W6)
 cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
 cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
@@ -406,15 +409,16 @@ cdef class StreamTransport(RingTransport):
             # unless its buffer was non-empty at close()).
             return
         if self._send_op is None and not self._queue and not self._is_pipe and \
-                self._loop._inline_sends and self._inline_iteration != self._loop._iteration and \
+                (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
+                self._inline_iteration != self._loop._iteration and \
                 not (self._zc_write and 0 < self._zc_threshold <= n):
             if self._send_inline(data, n):
                 return
         self._enqueue(data, n)
 
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1:
-        """The first write() of a light iteration (RingLoop._inline_sends) on
-        an idle socket: send() it now, as asyncio and uvloop do, and queue
+        """The first write() of a light iteration (RingLoop._inline_sends), or
+        one of INLINE_SEND_ALWAYS_MIN bytes or more, on an idle socket: send() it now, as asyncio and uvloop do, and queue
         what the socket does not take.  The peer gets the data while this
         loop goes on with its other callbacks (1 KiB x 10 echo: -11% CPU per
         request against queueing it for the iteration's io_uring_enter()),
