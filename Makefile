@@ -15,6 +15,9 @@ setup:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libssl-dev || true; \
 	fi
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk || true; }
+	@# strace and perf: the no-epoll and SEND_ZC-opcode acceptance tests skip without them
+	@command -v strace >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace || true; }
+	@command -v perf >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq linux-perf || true; }
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
 
 build:  # in place, for the editable install that `make setup` made
@@ -34,7 +37,8 @@ bench-full: setup
 	$(PYTHON) bench/run.py
 
 stress: setup
-	ZCLOOP_STRESS=long $(PYTHON) -m pytest -q -ra tests/test_stress.py
+	ZCLOOP_STRESS=long $(PYTHON) -m pytest -q -ra -s tests/test_stress.py tests/test_memory.py \
+		tests/test_faults.py tests/test_badinput.py tests/test_degraded.py tests/test_model.py
 
 asan:
 	ZCLOOP_ASAN=1 $(PYTHON) setup.py -q build_ext --inplace --force
