@@ -358,13 +358,16 @@ def main():
         os.sched_setaffinity(0, {harness.CLIENT_CPU})
 
     started = datetime.datetime.now()
+    # What is measured is the tree as it is now: edits made while the run
+    # goes on must not mark it dirty (or clean).
+    versions = harness.versions()
     suite = Suite(workloads, loops, settings, args.syscalls, build_error)
     suite.run()
     results = {
         "date": started.isoformat(timespec="seconds"),
         "elapsed_s": round((datetime.datetime.now() - started).total_seconds(), 1),
         "machine": harness.machine_info(),
-        "versions": harness.versions(),
+        "versions": versions,
         "settings": {**asdict(settings), "quick": args.quick, "syscalls": args.syscalls,
                      "only": args.only},
         "loops": loops,
