@@ -33,19 +33,6 @@ cdef _create_transport_context(server_side, server_hostname):
     return sslcontext
 
 
-cdef tuple _flowcontrol_defaults(object high, object low, int kb):
-    if high is None:
-        if low is None:
-            high = kb * 1024
-        else:
-            high = 4 * low
-    if low is None:
-        low = high // 4
-    if not high >= low >= 0:
-        raise ValueError('high (%r) must be >= low (%r) must be >= 0' % (high, low))
-    return high, low
-
-
 cdef _snapshot(object backlog, Py_ssize_t first):
     # Mutable buffers left in the backlog are copied, as the caller may
     # reuse them once write() returns.

@@ -418,8 +418,9 @@ cdef class StreamTransport(RingTransport):
 
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1:
         """The first write() of a light iteration (RingLoop._inline_sends), or
-        one of INLINE_SEND_ALWAYS_MIN bytes or more, on an idle socket: send() it now, as asyncio and uvloop do, and queue
-        what the socket does not take.  The peer gets the data while this
+        one of INLINE_SEND_ALWAYS_MIN bytes or more, on an idle socket:
+        send() it now, as asyncio and uvloop do, and queue what the socket
+        does not take.  The peer gets the data while this
         loop goes on with its other callbacks (1 KiB x 10 echo: -11% CPU per
         request against queueing it for the iteration's io_uring_enter()),
         and a large payload is copied to the socket while still in cache

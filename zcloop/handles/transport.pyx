@@ -96,17 +96,7 @@ cdef class RingTransport:
         return (self._low_water, self._high_water)
 
     cdef _set_limits(self, object high, object low):
-        if high is None:
-            if low is None:
-                high = 64 * 1024
-            else:
-                high = 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
-        self._high_water = high
-        self._low_water = low
+        self._high_water, self._low_water = _flowcontrol_defaults(high, low, 64)
 
     def set_write_buffer_limits(self, high=None, low=None):
         self._set_limits(high, low)
@@ -198,3 +188,18 @@ cdef _call_write_flow_control(RingLoop loop, object protocol, bint pause, object
             'transport': transport,
             'protocol': context_protocol,
         })
+
+
+cdef tuple _flowcontrol_defaults(object high, object low, int kb):
+    """asyncio's write/read buffer limits: high defaults to ``kb`` KiB (or
+    4 * low), low to high // 4."""
+    if high is None:
+        if low is None:
+            high = kb * 1024
+        else:
+            high = 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
+    return high, low
