@@ -34,8 +34,13 @@ BENCH = ROOT / "bench"
 BIN = BENCH / "bin"
 INJECT_DIR = ROOT / "zcloop" / "_inject"
 
-#: The C io_uring echo server: a contender on echo rows, not an asyncio loop.
+#: The C io_uring server (bench/c/uring_echo_server): a contender on the echo
+#: and one-way rows, not an asyncio loop.
 REFERENCE = "c-io_uring"
+#: Its mode (-m) for each server kind of bench/servers.py it has a counterpart
+#: of (plain TCP only: it has no TLS).
+REFERENCE_MODES = {"echo-protocol": "echo", "echo-streams": "echo",
+                   "sink-protocol": "sink", "sink-streams": "sink"}
 #: How the READY line of a server names each contender's running loop.
 LOOP_PREFIX = {"asyncio": "asyncio.", "uvloop": "uvloop.", "zcloop": "zcloop.",
                REFERENCE: REFERENCE}
@@ -138,7 +143,12 @@ class Server:
     def __init__(self, kind, contender, *, host="127.0.0.1", tls=None, start_timeout=30):
         self.kind, self.contender = kind, contender
         if contender == REFERENCE:
-            command, env = [str(BIN / "uring_echo_server"), "-h", host, "-p", "0"], None
+            if kind not in REFERENCE_MODES or tls:
+                raise BenchError(f"the C reference server has no counterpart of "
+                                 f"{kind}{' over TLS' if tls else ''}")
+            command = [str(BIN / "uring_echo_server"), "-m", REFERENCE_MODES[kind], "-h", host,
+                       "-p", "0"]
+            env = None
         else:
             command = [sys.executable, str(BENCH / "servers.py"), kind, "--host", host,
                        "--port", "0"]

@@ -26,8 +26,8 @@ from pathlib import Path
 import harness
 import publish
 import report
-from harness import (REFERENCE, BenchError, NetNamespace, Server, SyscallCounter, TLSMaterial,
-                     run_load)
+from harness import (REFERENCE, REFERENCE_MODES, BenchError, NetNamespace, Server,
+                     SyscallCounter, TLSMaterial, run_load)
 
 LOOPS = ("asyncio", "uvloop", "zcloop")
 #: Client CPU time / window wall time at which a row counts as client-bound.
@@ -55,7 +55,8 @@ class Workload:
     client: tuple         # argv; {bin} {bench} {python} {host} {port} {cafile} {duration}
                           # {warmup} are filled in
     unit: str             # req/s, MB/s or ops/s
-    reference: bool = False  # also measured against the C io_uring echo server
+    reference: bool = False  # also measured against the C io_uring server (echo and
+                             # sink kinds, no TLS: harness.REFERENCE_MODES)
     tls: bool = False     # the server gets a TLS certificate (trustme, made at run time)
     netns: bool = False   # server on the host end of a veth pair, client in a private
                           # network namespace at the other end (a non-local peer)
@@ -63,6 +64,11 @@ class Workload:
     compare_to: str | None = None  # "vs uvloop" against the base loop of this other row
     per_mib: bool = False  # server CPU per MiB transferred instead of per op
     stats: bool = False   # the server prints STATS per connection (source kind)
+
+    def __post_init__(self):
+        if self.reference and (self.server not in REFERENCE_MODES or self.tls):
+            raise ValueError(f"{self.name}: the C reference server has no counterpart of "
+                             f"{self.server}{' over TLS' if self.tls else ''}")
 
     def command(self, port, settings, netns=None):
         duration = settings.http_duration if self.client[0] == "wrk" else settings.duration
@@ -100,12 +106,14 @@ def define_workloads(quick):
                 "{bin}/echo_client", "-p", "{port}", "-c", str(conns), "-s", str(size),
                 "-d", "{duration}", "-w", "{warmup}"), "req/s", reference=api == "protocol"))
 
+    # Every one-way row gets the C reference (uring_echo_server -m sink, the
+    # same server for both APIs): --quick then still has one at each size.
     oneway_cells = ([("protocol", MiB), ("streams", 16 * MiB)] if quick else
                     [(api, size) for api in ("protocol", "streams") for size in (MiB, 16 * MiB)])
     for api, size in oneway_cells:
         rows.append(Workload("oneway", f"one-way {api} {size_label(size)}", f"sink-{api}", (
             "{bin}/echo_client", "-m", "oneway", "-p", "{port}", "-c", "1", "-s", str(size),
-            "-d", "{duration}", "-w", "{warmup}"), "MB/s"))
+            "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True))
 
     # TLS: the Protocol echo server with an ssl.SSLContext, the C client over OpenSSL.
     for size in (KiB, 100 * KiB):
