@@ -86,12 +86,15 @@ cdef int ZC_BGID = 0
 cdef Py_ssize_t INLINE_SEND_MAX_BATCH = 16
 cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
 # A 100 KiB message arrives in one completion (one data_received(), one
-# send) instead of two or three: 30-50% more throughput on the 100 KiB echo
-# than 64 KiB buffers.  Just under glibc's 128 KiB mmap threshold, so the
-# bytes object that replaces a handed-over buffer comes from the heap
-# (recently freed, cache-hot) rather than from a fresh mmap (a page fault
-# per 4 KiB).
-cdef uint32_t RECV_BUF_SIZE = 128 * 1024 - 64
+# send) instead of two: 30-50% more throughput on the 100 KiB echo than
+# 64 KiB buffers.  Measured on the one-way 1 MiB stream (one connection,
+# receive only): buffers of 64-120 KiB give 1.08-1.12x uvloop, buffers of
+# 128 KiB or more 0.89x (more contention on the socket lock with the
+# sender; no page faults either way), so 120 KiB.  That also keeps the
+# bytes object that replaces a handed-over buffer under glibc's 128 KiB mmap
+# threshold: it comes from the heap (recently freed, cache-hot), not from a
+# fresh mmap (a page fault per 4 KiB).
+cdef uint32_t RECV_BUF_SIZE = 120 * 1024
 cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
