@@ -553,11 +553,14 @@ cdef class RingLoop:
         # garbage collector would never close that socket: close it now (the
         # kernel holds its own file reference until the request is gone).
         for op in _quarantine[quarantined:]:
-            if isinstance(op, (_RecvOp, _SendOp)):
-                transport = (<_RecvOp>op).transport if isinstance(op, _RecvOp) \
-                    else (<_SendOp>op).transport
-                if transport is not None:
-                    (<RingTransport>transport)._close_socket()
+            if isinstance(op, _RecvOp):
+                transport = (<_RecvOp>op).transport
+            elif isinstance(op, _SendOp):
+                transport = (<_SendOp>op).transport
+            else:
+                continue
+            if transport is not None:
+                (<StreamTransport>transport)._close_socket()
         # With requests left in flight the kernel may still pick and fill a
         # provided buffer: keep them (and the ring memory) forever then.
         self._free_buf_ring(leaked > 0 or forked)
