@@ -593,6 +593,62 @@ def test_set_protocol_switch(loop_factory):
     run(loop_factory, main)
 
 
+class _NoDataReceived:
+    """A duck-typed protocol without data_received()."""
+
+    def __init__(self):
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        pass
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_protocol_without_data_received(loop_factory):
+    # zcloop looks data_received up once, at set_protocol(): a protocol
+    # without one still fails at the first data, as on asyncio's loop.
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+        tr, pr, conn = await raw_peer(loop, _NoDataReceived)
+        with conn:
+            conn.sendall(b'x')
+            exc = await pr.lost
+        return type(exc).__name__, [ctx['message'] for ctx in errors]
+    assert run(loop_factory, main) == (
+        'AttributeError', ['Fatal error: protocol.data_received() call failed.'])
+
+
+def test_protocol_released_after_connection_lost(loop_factory):
+    # The transport drops its protocol (and the bound method it caches)
+    # once connection_lost() ran: no reference keeps the protocol alive.
+    import gc
+    import weakref
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, conn = await raw_peer(loop)
+        with conn:
+            conn.sendall(b'data')
+            await pr.wait_bytes(4)
+            conn.close()
+            await pr.lost
+        await asyncio.sleep(0)
+        ref = weakref.ref(pr)
+        pr.transport = None
+        del pr
+        gc.disable()        # no help from the cycle collector
+        try:
+            alive = ref() is not None
+        finally:
+            gc.enable()
+        return alive, tr.is_closing()
+    assert run(loop_factory, main) == (False, True)
+
+
 def test_unix_transport_roundtrip(read_path_factory, tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
