@@ -18,7 +18,7 @@ from cpython.buffer cimport (
     PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS)
 from .includes.python cimport (
     PyContext_Enter, PyContext_Exit, PyContext_CopyCurrent, PyErr_CheckSignals,
-    PyThread_get_thread_ident, _PyBytes_Resize, PyListObject)
+    PyThread_get_thread_ident, _PyBytes_Resize, PyBytes_AS_STRING_PTR, PyListObject)
 from cpython.float cimport PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
 
@@ -644,7 +644,7 @@ cdef class RingLoop:
                          self._buf_count, offset)
 
     cdef char *_buf_ptr(self, unsigned bid):
-        return PyBytes_AS_STRING(<object>self._buf_objs[bid])
+        return PyBytes_AS_STRING_PTR(self._buf_objs[bid])
 
     cdef _recycle_buf(self, unsigned bid):
         if self._buf_ring != NULL:

@@ -13,6 +13,8 @@ cdef extern from "Python.h":
     int PyBUF_C_CONTIGUOUS
     int PyBUF_ANY_CONTIGUOUS
     int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
+    # Without a reference count round trip (buffer ring lookups).
+    char *PyBytes_AS_STRING_PTR "PyBytes_AS_STRING" (PyObject *bytes)
 
     # The item array of a list: the timer heap moves its entries in place.
     ctypedef struct PyListObject:
