@@ -643,7 +643,7 @@ cdef class StreamTransport(RingTransport):
 
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
-        cdef Py_ssize_t done, pos, length, i
+        cdef Py_ssize_t done, pos, length, covered, i
         if op is self._send_op:
             self._send_op = None
             self._inflight_bytes = 0
@@ -694,7 +694,7 @@ cdef class StreamTransport(RingTransport):
 
     cdef _requeue(self, _SendOp op, Py_ssize_t done):
         """Put what the request did not send back at the head of the queue."""
-        cdef Py_ssize_t pos = 0, length, i
+        cdef Py_ssize_t pos = 0, length, i = 0, j
         self._queue_bytes += op.nbytes - done
         if not op.popped:
             # A chunk of a zero-copy entry that is still at the queue's head.
