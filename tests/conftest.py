@@ -42,11 +42,19 @@ global hang guard; individual tests use shorter ``@pytest.mark.timeout``.
 import asyncio
 import functools
 import os
+import signal
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# A shell without job control starts background commands (`make test &`)
+# with SIGINT ignored, and exec() passes SIG_IGN on: the children that
+# tests stop with SIGINT (examples, run_until_complete) would never see it.
+# A caught signal is reset to the default on exec(), so catch it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import zcloop  # noqa: E402
 from helpers.loops import LOOP_FACTORIES, run_on  # noqa: E402,F401
