@@ -607,8 +607,7 @@ class _NoDataReceived:
 
 
 def test_protocol_without_data_received(loop_factory):
-    # zcloop looks data_received up once, at set_protocol(): a protocol
-    # without one still fails at the first data, as on asyncio's loop.
+    # A duck-typed protocol without data_received fails at the first data.
     async def main():
         loop = asyncio.get_running_loop()
         errors = []
@@ -623,8 +622,8 @@ def test_protocol_without_data_received(loop_factory):
 
 
 def test_protocol_released_after_connection_lost(loop_factory):
-    # The transport drops its protocol (and the bound method it caches)
-    # once connection_lost() ran: no reference keeps the protocol alive.
+    # The transport drops its protocol once connection_lost() ran: no
+    # reference keeps the protocol alive.
     import gc
     import weakref
 
@@ -647,6 +646,33 @@ def test_protocol_released_after_connection_lost(loop_factory):
             gc.enable()
         return alive, tr.is_closing()
     assert run(loop_factory, main) == (False, True)
+
+
+def test_data_received_rebound_on_instance(loop_factory):
+    # asyncio looks data_received up on every call, so a protocol may rebind
+    # it (a handshake phase, then the data phase); uvloop would keep calling
+    # the first one.
+    class Phased(Recorder):
+        def data_received(self, data):
+            self.events.append(('hello', bytes(data)))
+            self.data_received = self.data_phase
+
+        def data_phase(self, data):
+            Recorder.data_received(self, data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, conn = await raw_peer(loop, Phased)
+        with conn:
+            conn.sendall(b'hi')
+            while not pr.events[1:]:
+                await asyncio.sleep(0.001)
+            conn.sendall(b'payload')
+            await pr.wait_bytes(7)
+            tr.close()
+            await pr.lost
+        return pr.events[1], bytes(pr.data)
+    assert run(loop_factory, main) == (('hello', b'hi'), b'payload')
 
 
 def test_unix_transport_roundtrip(read_path_factory, tmp_path):

@@ -63,7 +63,6 @@ cdef class StreamTransport(RingTransport):
         list _paused_data            # data that arrived while paused (None = EOF)
         bint _buffered               # protocol is a BufferedProtocol (or SSLProtocol)
         SSLProtocol _ssl             # the protocol when it is zcloop's TLS: fed directly
-        object _data_received        # protocol.data_received, looked up once (as uvloop)
         char *_rbuf                  # own receive buffer without a buffer ring
         bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 

@@ -189,7 +189,6 @@ cdef class StreamTransport(RingTransport):
         self._ssl = protocol if type(protocol) is SSLProtocol else None
         self._buffered = (self._ssl is not None
                           or isinstance(protocol, aio_protocols_BufferedProtocol))
-        self._data_received = None if self._buffered else getattr(protocol, 'data_received', None)
         self._protocol = protocol
         self._protocol_connected = True
 
@@ -313,10 +312,9 @@ cdef class StreamTransport(RingTransport):
             if obj is None:
                 obj = PyBytes_FromStringAndSize(data, n)
             try:
-                if self._data_received is None:
-                    self._protocol.data_received(obj)   # raises as asyncio's loop would
-                else:
-                    self._data_received(obj)
+                # Looked up on every call, as asyncio does (uvloop caches the
+                # bound method): a protocol may rebind it on the instance.
+                self._protocol.data_received(obj)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -833,7 +831,6 @@ cdef class StreamTransport(RingTransport):
             RingTransport._call_connection_lost(self, exc)
         finally:
             self._ssl = None        # as the base drops _protocol
-            self._data_received = None
 
     # ------------------------------------------------------------------
     # Zero-copy statistics (zerocopy.md W15); tuning is in RingTransport
