@@ -433,8 +433,8 @@ cdef class StreamTransport(RingTransport):
         cdef int err
         cdef const char *ptr = PyBytes_AS_STRING(data)
         self._inline_iteration = self._loop._iteration
-        # Non-blocking: the GIL stays held (releasing it cost 1% CPU per
-        # 1 KiB echo; uvloop holds it for its writes too).
+        # Non-blocking: the GIL stays held (dropping and taking it back was
+        # 0.7% of a 10 KiB echo server's CPU; uvloop holds it for writes too).
         sent = send(self._fd, ptr, n, MSG_DONTWAIT | MSG_NOSIGNAL)
         if sent < 0:
             err = errno
