@@ -3,12 +3,14 @@ the same scenarios on asyncio's SelectorEventLoop and on zcloop (and on
 zcloop's fallback read paths)."""
 import array
 import asyncio
+import gc
 import hashlib
 import logging
 import os
 import random
 import socket
 import threading
+import weakref
 
 import pytest
 
@@ -624,9 +626,6 @@ def test_protocol_without_data_received(loop_factory):
 def test_protocol_released_after_connection_lost(loop_factory):
     # The transport drops its protocol once connection_lost() ran: no
     # reference keeps the protocol alive.
-    import gc
-    import weakref
-
     async def main():
         loop = asyncio.get_running_loop()
         tr, pr, conn = await raw_peer(loop)
