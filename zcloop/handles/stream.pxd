@@ -35,8 +35,10 @@ cdef class _SendOp(UringOp):
         bint popped             # entries left the queue with this request
         uint64_t ud
         iovec *iov
-        int niov
+        int iov_cap             # iovecs allocated at iov (kept across reuse)
         msghdr msg
+
+    cdef int reserve_iov(self, int niov) except -1
 
 
 cdef class _RecvOp(UringOp):
@@ -46,9 +48,11 @@ cdef class _RecvOp(UringOp):
 cdef class StreamTransport(RingTransport):
     cdef:
         object _queue                # deque of bytes / _Pinned
-        Py_ssize_t _queue_bytes
+        Py_ssize_t _queue_bytes      # unsent bytes in _queue: 0 exactly when it is empty
+                                     # (no entry is empty; tested cheaper than the deque)
         Py_ssize_t _queue_offset     # bytes of _queue[0] already sent
         _SendOp _send_op             # the one send chain in flight, or None
+        _SendOp _spare_send_op       # a finished copying request, for the next _flush()
         Py_ssize_t _inflight_bytes
         bint _flush_queued
         uint64_t _inline_iteration   # loop iteration of the last inline send()

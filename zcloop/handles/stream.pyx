@@ -117,6 +117,16 @@ cdef class _SendOp(UringOp):
             PyMem_Free(self.iov)
             self.iov = NULL
 
+    cdef int reserve_iov(self, int niov) except -1:
+        cdef iovec *iov
+        if niov > self.iov_cap:
+            iov = <iovec*>PyMem_Realloc(self.iov, niov * sizeof(iovec))
+            if iov == NULL:
+                raise MemoryError()
+            self.iov = iov
+            self.iov_cap = niov
+        return 0
+
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
         if flags & IORING_CQE_F_NOTIF:
@@ -410,7 +420,7 @@ cdef class StreamTransport(RingTransport):
             # After close() nothing more goes out (asyncio drops these too
             # unless its buffer was non-empty at close()).
             return
-        if self._send_op is None and not self._queue and not self._is_pipe and \
+        if self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and \
                 (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
                 self._inline_iteration != self._loop._iteration and \
                 not (self._zc_write and 0 < self._zc_threshold <= n):
@@ -516,7 +526,7 @@ cdef class StreamTransport(RingTransport):
         if self._closing or self._eof:
             return
         self._eof = True
-        if self._send_op is None and not self._queue:
+        if self._send_op is None and self._queue_bytes == 0:
             self._shutdown_write()
 
     def _shutdown_write(self):
@@ -557,15 +567,21 @@ cdef class StreamTransport(RingTransport):
         cdef int niov = 0
         cdef bint zc
         self._flush_queued = False
-        if self._send_op is not None or not self._queue or self._sock is None:
+        if self._send_op is not None or self._queue_bytes == 0 or self._sock is None:
             return
         queue = self._queue
         offset = self._queue_offset
         first = queue[0]
         n = _entry_len(first) - offset
         zc = self._entry_zc(first, n)
-        op = _SendOp()
-        op.transport = self
+        op = self._spare_send_op
+        if op is None:
+            op = _SendOp()
+            op.transport = self
+        else:
+            self._spare_send_op = None
+            op.implicit_zc = False
+            op.popped = False
         op.offset = offset
         op.zc = zc
         if zc:
@@ -591,15 +607,15 @@ cdef class StreamTransport(RingTransport):
                 total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
             op.entries = entries
         op.nbytes = total
+        if niov > 1:
+            # Before taking the SQE: a MemoryError must not leave one unprepared.
+            op.reserve_iov(niov)
+            _fill_iov(op, niov, offset)
         sqe = loop._sqe()
         if self._is_pipe:
             if niov == 1:
                 io_uring_prep_write(sqe, self._fd, _entry_ptr(first) + offset, total, NO_OFFSET)
             else:
-                op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
-                if op.iov == NULL:
-                    raise MemoryError()
-                _fill_iov(op, niov, offset)
                 io_uring_prep_writev(sqe, self._fd, op.iov, niov, NO_OFFSET)
         elif niov == 1:
             if zc:
@@ -610,10 +626,6 @@ cdef class StreamTransport(RingTransport):
             else:
                 io_uring_prep_send(sqe, self._fd, _entry_ptr(first) + offset, total, SEND_FLAGS)
         else:
-            op.iov = <iovec*>PyMem_Malloc(niov * sizeof(iovec))
-            if op.iov == NULL:
-                raise MemoryError()
-            _fill_iov(op, niov, offset)
             memset(&op.msg, 0, sizeof(msghdr))
             op.msg.msg_iov = op.iov
             op.msg.msg_iovlen = niov
@@ -688,6 +700,10 @@ cdef class StreamTransport(RingTransport):
             if type(entry) is _Pinned:
                 (<_Pinned>entry).handle._set_sent(None)
                 (<_Pinned>entry)._unref()       # drops the queue's hold
+        if not op.zc:
+            # That was its only CQE: the next _flush() reuses it, iovecs and all.
+            op.entries = None
+            self._spare_send_op = op
         self._after_drain()
 
     cdef _requeue(self, _SendOp op, Py_ssize_t done):
@@ -710,7 +726,7 @@ cdef class StreamTransport(RingTransport):
     cdef _after_drain(self):
         if self._conn_lost:
             return
-        if self._queue:
+        if self._queue_bytes:
             if not self._flush_queued:
                 self._flush_queued = True
                 self._loop._pending_flush.append(self)
@@ -723,7 +739,7 @@ cdef class StreamTransport(RingTransport):
             if self._closing and self._send_op is None:
                 # asyncio resumes the protocol before connection_lost().
                 self._maybe_resume_protocol()
-                if not self._queue:         # resume_writing() may write more
+                if self._queue_bytes == 0:  # resume_writing() may write more
                     self._schedule_connection_lost(None)
                 return
         self._maybe_resume_protocol()
@@ -781,7 +797,7 @@ cdef class StreamTransport(RingTransport):
         if self._empty_waiter is not None:
             raise RuntimeError('Empty waiter is already set')
         self._empty_waiter = self._loop.create_future()
-        if self._send_op is None and not self._queue:
+        if self._send_op is None and self._queue_bytes == 0:
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 
@@ -796,7 +812,7 @@ cdef class StreamTransport(RingTransport):
             return
         self._closing = True
         self._stop_recv()
-        if self._send_op is None and not self._queue:
+        if self._send_op is None and self._queue_bytes == 0:
             self._schedule_connection_lost(None)
 
     cpdef _force_close(self, object exc):
@@ -827,6 +843,7 @@ cdef class StreamTransport(RingTransport):
                 if type(entry) is _Pinned:
                     (<_Pinned>entry).handle._set_sent(
                         exc if exc is not None else ConnectionAbortedError('Transport aborted'))
+        self._spare_send_op = None      # it points back at us
         try:
             RingTransport._call_connection_lost(self, exc)
         finally:
@@ -861,7 +878,6 @@ cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):
         op.iov[i].iov_len = _entry_len(entry)
     op.iov[0].iov_base = <char*>op.iov[0].iov_base + offset
     op.iov[0].iov_len -= offset
-    op.niov = niov
 
 
 cdef _settle_popped(_SendOp op, Py_ssize_t done, object exc):
