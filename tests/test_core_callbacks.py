@@ -663,6 +663,31 @@ def test_base_exception_from_callback_propagates(loop, exc):
     assert seen == ["after"]
 
 
+def test_base_exception_keeps_the_ready_order(loop):
+    # What the interrupted iteration did not reach runs first, then what its
+    # callbacks scheduled, each once; a cancelled handle stays cancelled.
+    seen = []
+
+    def first():
+        seen.append("first")
+        loop.call_soon(seen.append, "scheduled by first")
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    loop.call_soon(first)
+    loop.call_soon(interrupt)
+    loop.call_soon(seen.append, "not reached")
+    loop.call_soon(seen.append, "cancelled").cancel()
+    loop.call_soon(seen.append, "last")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    assert seen == ["first"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["first", "not reached", "last", "scheduled by first"]
+
+
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
 def test_base_exception_from_exception_handler_propagates(loop, exc):
     def handler(lp, c):

@@ -46,7 +46,8 @@ cdef class RingLoop:
         uint32_t _slot_next_gen
         zc_cqe _cqes[256]
 
-        object _ready                   # deque of Handle
+        list _ready                     # Handles to run in the next iteration
+        list _ready_spare               # the other (empty) list, see _run_once
         list _timers                    # heap of TimerHandle on _when (cbhandles.pyx)
         int _timer_cancelled_count
         bint _call_at_overridden        # by a subclass: call_later() goes through it

@@ -47,7 +47,8 @@ cdef class _RecvOp(UringOp):
 
 cdef class StreamTransport(RingTransport):
     cdef:
-        object _queue                # deque of bytes / _Pinned
+        list _queue                  # bytes / _Pinned from _queue_head on
+        Py_ssize_t _queue_head       # index of the queue's first entry
         Py_ssize_t _queue_bytes      # unsent bytes in _queue: 0 exactly when it is empty
                                      # (no entry is empty; tested cheaper than the deque)
         Py_ssize_t _queue_offset     # bytes of _queue[0] already sent
@@ -94,6 +95,7 @@ cdef class StreamTransport(RingTransport):
     cdef _requeue(self, _SendOp op, Py_ssize_t done)
     cdef _after_drain(self)
     cdef _drop_queue(self, object exc)
+    cdef _queue_pop(self, Py_ssize_t count)
     cdef _start_reading(self)
     cdef _arm_recv(self)
     cdef _stop_recv(self)

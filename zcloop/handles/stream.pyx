@@ -153,7 +153,7 @@ cdef class _RecvOp(UringOp):
 cdef class StreamTransport(RingTransport):
 
     def __cinit__(self):
-        self._queue = collections.deque()
+        self._queue = []
         self._paused_data = []
 
     def __dealloc__(self):
@@ -546,6 +546,23 @@ cdef class StreamTransport(RingTransport):
             self._loop._pending_flush.append(self)
         self._maybe_pause_protocol()
 
+    cdef _queue_pop(self, Py_ssize_t count):
+        """Take ``count`` entries off the head of the queue.  A list with a
+        head index: deque.popleft() is a method call by name from Cython
+        (about 220 instructions, 5% of a 1 KiB echo server's)."""
+        cdef Py_ssize_t i, end = self._queue_head + count
+        cdef list queue = self._queue
+        if end == len(queue):
+            del queue[:]
+            self._queue_head = 0
+            return
+        for i in range(self._queue_head, end):
+            queue[i] = None             # the popped entry is not ours to keep
+        self._queue_head = end
+        if end >= 64 and end * 2 >= len(queue):
+            del queue[:end]
+            self._queue_head = 0
+
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
         """Does this entry go out as SEND_ZC (zerocopy.md W2, W3, W10)?"""
         cdef RingLoop loop = self._loop
@@ -563,15 +580,17 @@ cdef class StreamTransport(RingTransport):
         cdef RingLoop loop = self._loop
         cdef _SendOp op
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t total = 0, n, offset, i
+        cdef Py_ssize_t total = 0, n, offset, i, head, end
         cdef int niov = 0
         cdef bint zc
+        cdef list queue
         self._flush_queued = False
         if self._send_op is not None or self._queue_bytes == 0 or self._sock is None:
             return
         queue = self._queue
+        head = self._queue_head
         offset = self._queue_offset
-        first = queue[0]
+        first = queue[head]
         n = _entry_len(first) - offset
         zc = self._entry_zc(first, n)
         op = self._spare_send_op
@@ -592,20 +611,20 @@ cdef class StreamTransport(RingTransport):
             total = n
             niov = 1
         else:
-            entries = []
-            for entry in queue:
+            end = len(queue)
+            for i in range(head, end):
+                entry = queue[i]
                 if niov == IOV_MAX_SEGMENTS:
                     break
                 if niov and self._zc_capable and self._zc_threshold > 0 and \
                         _entry_len(entry) >= self._zc_threshold:
                     break       # leave it for its own zero-copy request
-                entries.append(entry)
                 total += _entry_len(entry)
                 niov += 1
             total -= offset
             if niov == 1 and total > SEND_MAX_REQUEST:
                 total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
-            op.entries = entries
+            op.entries = queue[head:head + niov]
         op.nbytes = total
         if niov > 1:
             # Before taking the SQE: a MemoryError must not leave one unprepared.
@@ -640,8 +659,7 @@ cdef class StreamTransport(RingTransport):
         if niov == 1 and total < _entry_len(first) - offset:
             self._queue_offset += total       # more of this entry follows
         else:
-            for i in range(len(op.entries)):
-                queue.popleft()
+            self._queue_pop(len(op.entries))
             self._queue_offset = 0
             op.popped = True
         self._queue_bytes -= total
@@ -720,7 +738,11 @@ cdef class StreamTransport(RingTransport):
                 break
             pos += length
         for j in range(len(op.entries) - 1, i - 1, -1):
-            self._queue.appendleft(op.entries[j])
+            if self._queue_head:
+                self._queue_head -= 1
+                self._queue[self._queue_head] = op.entries[j]
+            else:
+                self._queue.insert(0, op.entries[j])
         self._queue_offset = (op.offset if i == 0 else 0) + (done - pos)
 
     cdef _after_drain(self):
@@ -783,13 +805,16 @@ cdef class StreamTransport(RingTransport):
 
     cdef _drop_queue(self, object exc):
         cdef _Pinned pinned
-        while self._queue:
-            entry = self._queue.popleft()
+        cdef Py_ssize_t i
+        queue, self._queue = self._queue, []
+        for i in range(self._queue_head, len(queue)):
+            entry = queue[i]
             if type(entry) is _Pinned:
                 pinned = <_Pinned>entry
                 pinned.handle._copied = True
                 pinned.handle._set_sent(exc)
                 pinned._unref()
+        self._queue_head = 0
         self._queue_bytes = 0
         self._queue_offset = 0
 
