@@ -310,12 +310,15 @@ IS_312 = sys.version_info >= (3, 12)
 IS_313 = sys.version_info >= (3, 13)
 
 
-async def raw_peer(loop, protocol_factory=Recorder, host='127.0.0.1'):
-    """Connect a loop transport to a plain blocking socket.
+async def raw_peer(loop, protocol_factory=Recorder, host='127.0.0.1', rcvbuf=None):
+    """Connect a loop transport to a plain blocking socket (with SO_RCVBUF
+    ``rcvbuf``, set before the handshake as TCP wants it).
 
     Returns (transport, protocol, raw_socket); the caller closes raw_socket.
     """
     srv = tcp_listener(host)
+    if rcvbuf is not None:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
         fut = loop.run_in_executor(None, srv.accept)
         tr, pr = await loop.create_connection(protocol_factory, host, srv.getsockname()[1])

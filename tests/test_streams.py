@@ -494,6 +494,43 @@ def test_backpressure_slow_reader(loop_factory):
     run(loop_factory, main)
 
 
+def test_small_writes_behind_a_slow_reader(loop_factory):
+    """Thousands of small writes while the peer reads slowly: the send queue
+    keeps a backlog that never drains for long (zcloop's queue reuses and
+    compacts its slots) and the peer still gets a byte-exact stream."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, conn = await raw_peer(loop, rcvbuf=16 * 1024)
+        tr.set_write_buffer_limits(high=4 * 1024 * 1024)
+        rng = random.Random(5)
+        blob = pattern(64 * 1024, seed=12)
+        chunks = []
+        for _ in range(20000):
+            off, size = rng.randrange(60000), rng.randint(1, 300)
+            chunks.append(blob[off:off + size])
+        payload = b''.join(chunks)
+
+        def slow_reader():
+            got = bytearray()
+            while len(got) < len(payload):
+                got += conn.recv(rng.randint(1, 4096))
+            return bytes(got)
+
+        with conn:
+            reader = loop.run_in_executor(None, slow_reader)
+            for i, chunk in enumerate(chunks):
+                tr.write(chunk)
+                if i % 2500 == 0:       # more than one request's 1024 iovecs
+                    await asyncio.sleep(0)
+            got = await reader
+            assert len(got) == len(payload) and digest(got) == digest(payload)
+            while tr.get_write_buffer_size():
+                await asyncio.sleep(0.001)
+            tr.close()
+            await pr.lost
+    run(loop_factory, main)
+
+
 def test_pause_writing_on_set_limits(loop_factory):
     """set_write_buffer_limits() below the current buffer pauses at once."""
     async def main():

@@ -47,8 +47,9 @@ cdef class _RecvOp(UringOp):
 
 cdef class StreamTransport(RingTransport):
     cdef:
-        list _queue                  # bytes / _Pinned from _queue_head on
-        Py_ssize_t _queue_head       # index of the queue's first entry
+        list _queue                  # a ring: bytes / _Pinned at [_queue_head, _queue_tail)
+        Py_ssize_t _queue_head
+        Py_ssize_t _queue_tail
         Py_ssize_t _queue_bytes      # unsent bytes in _queue: 0 exactly when it is empty
                                      # (no entry is empty; tested cheaper than the deque)
         Py_ssize_t _queue_offset     # bytes of _queue[0] already sent
