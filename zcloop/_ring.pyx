@@ -64,6 +64,13 @@ from sys import _getframe as sys_getframe
 
 logger = logging.getLogger('asyncio')
 
+# The coroutine-function test asyncio's loop applies to callbacks
+# (base_events._check_callback, unix_events.add_signal_handler): 3.14 calls
+# coroutines._iscoroutinefunction there, the same test without the
+# DeprecationWarning that the public asyncio.iscoroutinefunction() now gives.
+aio_iscoroutinefunction = getattr(aio_coroutines, '_iscoroutinefunction',
+                                  aio_coroutines.iscoroutinefunction)
+
 # Same constants as asyncio.base_events.
 cdef int _MIN_SCHEDULED_TIMER_HANDLES = 100
 cdef double _MIN_CANCELLED_TIMER_HANDLES_FRACTION = 0.5
@@ -1420,7 +1427,7 @@ cdef class RingLoop:
     def add_signal_handler(self, sig, callback, *args):
         """Add a handler for a UNIX signal (main thread only)."""
         if (aio_coroutines.iscoroutine(callback) or
-                aio_coroutines.iscoroutinefunction(callback)):
+                aio_iscoroutinefunction(callback)):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         _check_signal(sig)
         self._check_closed()
@@ -1529,7 +1536,7 @@ def _format_handle(Handle handle):
 
 def _check_callback(callback, method):
     if (aio_coroutines.iscoroutine(callback) or
-            aio_coroutines.iscoroutinefunction(callback)):
+            aio_iscoroutinefunction(callback)):
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(
