@@ -231,6 +231,14 @@ class _StreamsAPI:
             if sock is None:
                 exceptions = [exc for sub in exceptions for exc in sub]
                 try:
+                    if not exceptions:
+                        # Every attempt failed without an OSError to report
+                        # (only with happy eyeballs: its race keeps other
+                        # exceptions to itself).  asyncio raised IndexError
+                        # here (exceptions[0]) until gh-135836, TimeoutError
+                        # since.  Also with all_errors: an ExceptionGroup
+                        # cannot be empty.
+                        raise TimeoutError('create_connection failed')
                     if all_errors:
                         raise ExceptionGroup("create_connection failed", exceptions)
                     if len(exceptions) == 1:
