@@ -21,7 +21,10 @@ setup:
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
 
 build:  # in place, for the editable install that `make setup` made
-	@$(PYTHON) -c 'import Cython' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.0.10'
+	@# Cython >= 3.1: the first series made for CPython 3.14 (3.0.10 still builds on 3.13.0).
+	@# setuptools: venvs of Python >= 3.12 come without it.
+	@$(PYTHON) -c 'import sys, setuptools, Cython; sys.exit(tuple(map(int, Cython.__version__.split(".")[:2])) < (3, 1))' \
+		2>/dev/null || $(PYTHON) -m pip install -q -U 'Cython>=3.1' 'setuptools>=64'
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: setup
