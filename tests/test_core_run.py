@@ -327,12 +327,29 @@ def test_task_factory(loop):
     async def main():
         return 1
 
+    # From 3.14 the factory gets name= (and context=) as given and the loop
+    # names nothing itself; before, it gets context= only and the loop calls
+    # set_name().  asyncio 3.13.3 passed name= too (undone in 3.13.4).
+    gets_name = sys.version_info >= (3, 14) or (
+        sys.version_info[:3] == (3, 13, 3) and not isinstance(loop, zcloop.Loop))
     t = loop.create_task(main(), name="n")
     assert t.get_name() == "n"
     ctx = contextvars.Context()
     t2 = loop.create_task(main(), context=ctx)
     loop.run_until_complete(asyncio.gather(t, t2))
-    assert calls == [(loop, []), (loop, ["context"])]
+    assert calls == [(loop, ["name"] if gets_name else []), (loop, ["context"])]
+
+    def bare_factory(lp, coro, **kwargs):
+        calls.append((lp, sorted(kwargs)))
+        return asyncio.Task(coro, loop=lp)          # ignores name= / context=
+    loop.set_task_factory(bare_factory)
+    t3 = loop.create_task(main(), name="m")
+    t4 = loop.create_task(main())
+    loop.run_until_complete(asyncio.gather(t3, t4))
+    assert (t3.get_name() == "m") is not gets_name
+    if isinstance(loop, zcloop.Loop) or sys.version_info[:2] != (3, 13):
+        # asyncio 3.13.0 (up to 3.13.2 at least) names it 'None' (gh-130033)
+        assert t4.get_name().startswith("Task-")
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None
     with pytest.raises(TypeError, match="task factory must be a callable or None"):

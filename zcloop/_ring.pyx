@@ -114,6 +114,10 @@ cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
+# loop.create_task(coro, **kwargs) as base_events has it from 3.14 on:
+# name= and context= reach a task factory.  (3.13.3 alone did so too, by
+# accident; 3.13.4 went back to the older contract.)
+cdef bint _TASK_FACTORY_GETS_NAME = sys.version_info >= (3, 14)
 
 # Objects the kernel may still reference when a loop closed without seeing
 # their last CQE: never freed (leaking is safe, freeing is not).
@@ -1078,9 +1082,19 @@ cdef class RingLoop:
         """Create a Future object attached to the loop."""
         return aio_futures.Future(loop=self)
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
+    def create_task(self, coro, **kwargs):
         """Schedule a coroutine object; return a Task."""
         self._check_closed()
+        if _TASK_FACTORY_GETS_NAME:
+            # 3.14: every keyword (name and context included) goes to the
+            # factory or Task as given; the loop names nothing itself.
+            if self._task_factory is None:
+                return aio_tasks.Task(coro, loop=self, **kwargs)
+            return self._task_factory(self, coro, **kwargs)
+        # Up to 3.13: the factory gets context= only when one is given, and
+        # the loop names the task afterwards.
+        name = kwargs.pop('name', None)
+        context = kwargs.pop('context', None)
         if context is not None:
             kwargs['context'] = context
         if self._task_factory is None:
