@@ -592,7 +592,10 @@ def test_write_during_sendfile(loop_factory, smallfile, native):
     errors, reading, reading_after, n, received = _run(loop_factory, main)
     assert (reading, reading_after, n) == (False, True, SMALL)
     if native:
-        assert errors == ['unable to write; sendfile is in progress'] * 2
+        # 3.12 gave writelines() its own message (asyncio's and zcloop's).
+        assert errors == ['unable to write; sendfile is in progress',
+                          'unable to %s; sendfile is in progress'
+                          % ('writelines' if sys.version_info >= (3, 12) else 'write')]
         assert received == b'head' + data + b'tail'
     else:
         assert errors == [None, None]
