@@ -981,6 +981,14 @@ def test_close_with_operations_in_flight(kind, caplog, tmp_path):
         assert warnings == []
         assert len(_ring._quarantine) == q_before
     assert close_time < 5
+    if kind == "asyncio" and sys.version_info >= (3, 12) and \
+            asyncio.unix_events.can_use_pidfd():
+        # asyncio's pidfd child watcher (3.12+) closes a child's pidfd only
+        # when it reads the exit on that loop: the running child's stays
+        # open after close().  asyncio's leak, not the test's: close it.
+        for fd in [fd for fd, target in leaked.items() if target == "anon_inode:[pidfd]"]:
+            os.close(fd)
+            del leaked[fd]
     assert describe_fds(leaked) == {}
 
 
