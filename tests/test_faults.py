@@ -1334,18 +1334,26 @@ async def _cancel_at(loop, api, k):
     finally:
         if api.name.startswith("subprocess"):
             await _sub_spawn_cleanup_async(loop, st)
-        for t in list(st.get("tasks", ())):
-            t.cancel()
-            try:
-                await t
-            except BaseException:
-                pass
-        _close_all(st)
-        for tr in st.get("made", []):
-            try:
-                (tr.transport if isinstance(tr, asyncio.StreamWriter) else tr).abort()
-            except Exception:
-                pass
+        # Twice: a connection accepted just before the server closed gets
+        # its handler task (which registers itself and its writer in st) a
+        # few iterations later.  From 3.12.1 on wait_closed() waits for that
+        # connection too, and a start_tls() handshake on it whose client
+        # already left would hold it for the 60 s handshake timeout.
+        for cleanup_pass in range(2):
+            for t in list(st.get("tasks", ())):
+                t.cancel()
+                try:
+                    await t
+                except BaseException:
+                    pass
+            _close_all(st)
+            for tr in st.get("made", []):
+                try:
+                    (tr.transport if isinstance(tr, asyncio.StreamWriter) else tr).abort()
+                except Exception:
+                    pass
+            for _ in range(3):
+                await asyncio.sleep(0)
         if isinstance(st.get("server"), asyncio.AbstractServer):
             await st["server"].wait_closed()
         await asyncio.sleep(0)
