@@ -3,7 +3,7 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build test test-fast bench bench-full stress asan clean
+.PHONY: setup build test test-fast test-versions bench bench-full stress asan clean
 
 setup:
 	@if [ ! -f /usr/include/liburing.h ]; then \
@@ -32,6 +32,9 @@ test: setup
 
 test-fast:
 	$(PYTHON) -m pytest -q -x tests
+
+test-versions:  # build + full suite on each Python 3.11-3.14 found (pyenv or PATH), one venv each
+	bash scripts/test-versions.sh
 
 bench: setup
 	$(PYTHON) bench/run.py --quick
