@@ -75,6 +75,9 @@ aio_iscoroutinefunction = getattr(aio_coroutines, '_iscoroutinefunction',
 cdef int _MIN_SCHEDULED_TIMER_HANDLES = 100
 cdef double _MIN_CANCELLED_TIMER_HANDLES_FRACTION = 0.5
 cdef double MAXIMUM_SELECT_TIMEOUT = 24 * 3600
+# How asyncio's _run_once() treats a NaN timer deadline: min(max(0, NaN), ...)
+# gave 0 up to 3.12; 3.13 compares instead and hands NaN to the selector.
+cdef bint _NAN_TIMEOUT_RAISES = sys.version_info >= (3, 13)
 
 # Default ring sizes (zerocopy.md L1): 2 CQEs per zero-copy send plus
 # multishot bursts, so the CQ is 4x the SQ.
@@ -778,7 +781,13 @@ cdef class RingLoop:
         elif scheduled:
             timeout = (<TimerHandle>scheduled[0])._when - self._time()
             if not timeout >= 0:
-                timeout = 0         # also NaN: asyncio runs such a timer at once
+                if _NAN_TIMEOUT_RAISES and timeout != timeout:
+                    # 3.13+: asyncio passes a NaN deadline (a NaN timer at the
+                    # heap's head, nothing ready) on to selector.select(),
+                    # whose rounding to milliseconds raises this out of
+                    # run_forever().  Up to 3.12 it waited 0 and ran it.
+                    raise ValueError('cannot convert float NaN to integer')
+                timeout = 0
             elif timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
         self._wait(timeout)
