@@ -746,6 +746,9 @@ FORK_CHILD_TIMEOUT = 20
 
 
 @pytest.mark.timeout(60)
+# Python >= 3.12 warns about fork() in a process with threads (pytest's and
+# earlier tests' executor threads), as in test_core_fork.py.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_child_cannot_use_parent_ring():
     loop = zcloop.new_event_loop()
     c, peer = tcp_pair()
