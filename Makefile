@@ -3,7 +3,7 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build test test-fast bench bench-full stress asan clean
+.PHONY: setup build test test-fast test-versions bench bench-full stress asan clean
 
 setup:
 	@if [ ! -f /usr/include/liburing.h ]; then \
@@ -21,7 +21,10 @@ setup:
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
 
 build:  # in place, for the editable install that `make setup` made
-	@$(PYTHON) -c 'import Cython' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.0.10'
+	@# Cython >= 3.1: the first series made for CPython 3.14 (3.0.10 still builds on 3.13.0).
+	@# setuptools: venvs of Python >= 3.12 come without it.
+	@$(PYTHON) -c 'import sys, setuptools, Cython; sys.exit(tuple(map(int, Cython.__version__.split(".")[:2])) < (3, 1))' \
+		2>/dev/null || $(PYTHON) -m pip install -q -U 'Cython>=3.1' 'setuptools>=64'
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: setup
@@ -29,6 +32,9 @@ test: setup
 
 test-fast:
 	$(PYTHON) -m pytest -q -x tests
+
+test-versions:  # build + full suite on each Python 3.11-3.14 found (pyenv or PATH), one venv each
+	bash scripts/test-versions.sh
 
 bench: setup
 	$(PYTHON) bench/run.py --quick

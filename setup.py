@@ -63,7 +63,8 @@ def cythonize(ext):
             "embedsignature": True,
             "boundscheck": False,
             "wraparound": True,
-            "freethreading_compatible": True,
+            # No "freethreading_compatible": on a free-threaded (GIL-free)
+            # Python the import re-enables the GIL (docs/design.md says why).
         },
         annotate=bool(os.environ.get("ZCLOOP_ANNOTATE")),
     )

@@ -2,9 +2,13 @@
 executors, async generators, and the asyncio.run-style entry points."""
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import gc
+import os
+import subprocess
 import sys
+import textwrap
 import threading
 import warnings
 
@@ -13,6 +17,7 @@ import pytest
 import zcloop
 
 cv = contextvars.ContextVar("cv", default="unset")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------
@@ -322,12 +327,29 @@ def test_task_factory(loop):
     async def main():
         return 1
 
+    # From 3.14 the factory gets name= (and context=) as given and the loop
+    # names nothing itself; before, it gets context= only and the loop calls
+    # set_name().  asyncio 3.13.3 passed name= too (undone in 3.13.4).
+    gets_name = sys.version_info >= (3, 14) or (
+        sys.version_info[:3] == (3, 13, 3) and not isinstance(loop, zcloop.Loop))
     t = loop.create_task(main(), name="n")
     assert t.get_name() == "n"
     ctx = contextvars.Context()
     t2 = loop.create_task(main(), context=ctx)
     loop.run_until_complete(asyncio.gather(t, t2))
-    assert calls == [(loop, []), (loop, ["context"])]
+    assert calls == [(loop, ["name"] if gets_name else []), (loop, ["context"])]
+
+    def bare_factory(lp, coro, **kwargs):
+        calls.append((lp, sorted(kwargs)))
+        return asyncio.Task(coro, loop=lp)          # ignores name= / context=
+    loop.set_task_factory(bare_factory)
+    t3 = loop.create_task(main(), name="m")
+    t4 = loop.create_task(main())
+    loop.run_until_complete(asyncio.gather(t3, t4))
+    assert (t3.get_name() == "m") is not gets_name
+    if isinstance(loop, zcloop.Loop) or sys.version_info[:2] != (3, 13):
+        # asyncio 3.13.0 (up to 3.13.2 at least) names it 'None' (gh-130033)
+        assert t4.get_name().startswith("Task-")
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None
     with pytest.raises(TypeError, match="task factory must be a callable or None"):
@@ -645,18 +667,134 @@ def test_asyncio_run_loop_factory():
     assert asyncio.run(_which_loop(), loop_factory=zcloop.new_event_loop) is zcloop.Loop
 
 
+@contextlib.contextmanager
+def _policy_api():
+    """Around asyncio's get/set_event_loop_policy(): deprecated from 3.14
+    on (a DeprecationWarning each call), plain calls before."""
+    if sys.version_info >= (3, 14):
+        with pytest.deprecated_call():
+            yield
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            yield
+
+
 def test_install_then_asyncio_run():
-    old = asyncio.get_event_loop_policy()
+    with _policy_api():
+        old = asyncio.get_event_loop_policy()
     try:
         zcloop.install()
-        assert isinstance(asyncio.get_event_loop_policy(), zcloop.EventLoopPolicy)
+        with _policy_api():
+            assert isinstance(asyncio.get_event_loop_policy(), zcloop.EventLoopPolicy)
         assert asyncio.run(_which_loop()) is zcloop.Loop
         loop = asyncio.new_event_loop()
         assert isinstance(loop, zcloop.Loop)
         loop.close()
     finally:
-        asyncio.set_event_loop_policy(old)
+        with _policy_api():
+            asyncio.set_event_loop_policy(old)
     assert asyncio.run(_which_loop()) is not zcloop.Loop
+
+
+def _run_child(code, *python_args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, *python_args, "-c", textwrap.dedent(code)],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_import_and_entry_points_warn_nothing():
+    """`-W error::DeprecationWarning`: importing zcloop, zcloop.run(), the
+    loop_factory entry points, EventLoopPolicy and install() warn nothing on
+    any version (3.14 deprecates asyncio.DefaultEventLoopPolicy, which the
+    policy no longer names there, and asyncio.iscoroutinefunction, which
+    the callback checks no longer call)."""
+    done = _run_child("""
+        import asyncio, signal, sys
+        import zcloop
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            async def coro_fn():
+                pass
+            for call in (lambda: loop.call_soon(coro_fn),
+                         lambda: loop.call_later(1, coro_fn),
+                         lambda: loop.add_signal_handler(signal.SIGUSR1, coro_fn)):
+                try:
+                    call()
+                except TypeError as exc:
+                    assert "coroutines cannot be used" in str(exc), exc
+                else:
+                    raise AssertionError("a coroutine function was accepted")
+            loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+            loop.remove_signal_handler(signal.SIGUSR1)
+            return type(loop).__name__
+
+        assert zcloop.run(main()) == "Loop"
+        with asyncio.Runner(loop_factory=zcloop.new_event_loop) as runner:
+            assert runner.run(main()) == "Loop"
+        if sys.version_info >= (3, 12):
+            assert asyncio.run(main(), loop_factory=zcloop.new_event_loop) == "Loop"
+        policy = zcloop.EventLoopPolicy()
+        loop = policy.new_event_loop()
+        assert isinstance(loop, zcloop.Loop)
+        loop.close()
+        zcloop.install()
+        assert asyncio.run(main()) == "Loop"
+        print("ok")
+        """, "-W", "error::DeprecationWarning")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert done.stderr == ""
+
+
+def test_without_asyncio_policy_system():
+    """A Python whose asyncio has no policy classes any more (3.14 plans
+    their removal for 3.16), simulated by deleting them before the import:
+    zcloop imports, run() / new_event_loop() / loop_factory work, and only
+    EventLoopPolicy and install() fail, with a message that says what to
+    use instead."""
+    done = _run_child("""
+        import asyncio, asyncio.events
+        for module, name in ((asyncio.events, "_BaseDefaultEventLoopPolicy"),
+                             (asyncio, "DefaultEventLoopPolicy")):
+            vars(module).pop(name, None)
+        import zcloop
+
+        async def main():
+            return type(asyncio.get_running_loop()).__name__
+
+        assert zcloop.run(main()) == "Loop"
+        with asyncio.Runner(loop_factory=zcloop.new_event_loop) as runner:
+            assert runner.run(main()) == "Loop"
+        loop = zcloop.new_event_loop()
+        assert loop.run_until_complete(main()) == "Loop"
+        loop.close()
+        assert not hasattr(zcloop, "EventLoopPolicy")
+        assert "EventLoopPolicy" not in zcloop.__all__
+        ns = {}
+        exec("from zcloop import *", ns)
+        assert "run" in ns and "EventLoopPolicy" not in ns
+        try:
+            zcloop.EventLoopPolicy
+        except AttributeError as exc:
+            print("policy:", exc)
+        try:
+            zcloop.install()
+        except RuntimeError as exc:
+            print("install:", exc)
+        try:
+            zcloop.no_such_name
+        except AttributeError as exc:
+            print("other:", exc)
+        """)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    for key, name in (("policy", "zcloop.EventLoopPolicy"), ("install", "zcloop.install()")):
+        assert lines[key].startswith(f"{name} needs asyncio's event loop policy system"), lines
+        assert "loop_factory=zcloop.new_event_loop" in lines[key]
+    assert lines["other"] == "module 'zcloop' has no attribute 'no_such_name'"
 
 
 @pytest.mark.asyncio

@@ -14,6 +14,7 @@ reference model of the byte stream.
 import asyncio
 import os
 import random
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -86,6 +87,22 @@ class Sender(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
+def writelines(tr, parts, zc):
+    """tr.writelines(parts); on asyncio's loop from 3.12 on, what asyncio
+    means it to do.  3.12 gave its selector transport a writelines() of its
+    own (3.11's was write(b"".join(parts))), and the releases tested here
+    have two bugs in it: an empty part never leaves the send buffer, so
+    close() waits for it forever, and a call once the connection is lost
+    raises TypeError ('NoneType' object is not callable) instead of being
+    dropped like a write().  The reference run keeps 3.12's own errors
+    (after write_eof, during sendfile) and otherwise writes the joined
+    parts, as 3.11 did."""
+    if zc or sys.version_info < (3, 12) or tr._eof or tr._empty_waiter is not None:
+        tr.writelines(parts)
+    elif parts:
+        tr.write(b"".join(parts))
+
+
 async def play(loop, program, seed, zc):
     rnd = random.Random(seed)
     receivers = []
@@ -127,7 +144,7 @@ async def play(loop, program, seed, zc):
                 outcomes.append((name, "ok"))
             elif name == "writelines":
                 parts = [rnd.randbytes(n) for n in step[1]]
-                tr.writelines(parts)
+                writelines(tr, parts, zc)
                 if state == "open":
                     model += b"".join(parts)
                 outcomes.append((name, "ok"))

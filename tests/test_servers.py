@@ -357,6 +357,45 @@ def test_all_errors_exception_group():
     assert all(r == results[0] for r in results)
 
 
+class _NotAnOSError(Exception):
+    """A connect failure create_connection() does not collect (not OSError)."""
+
+
+def test_happy_eyeballs_all_attempts_fail_without_oserror():
+    """gh-135836: with happy_eyeballs_delay, connection attempts that all
+    fail with something other than OSError leave no exception collected.
+    asyncio then indexed the empty list and an IndexError escaped; since the
+    fix (3.13.x/3.14) it raises TimeoutError('create_connection failed').
+    zcloop raises that on every version, with all_errors=True too (an
+    ExceptionGroup cannot be empty).  Without happy eyeballs the failure
+    propagates as it is, on both loops."""
+    async def main(delay, all_errors):
+        loop = asyncio.get_running_loop()
+        _patch_resolver(loop, [_ai('127.0.0.2', free_port('127.0.0.2')),
+                               _ai('127.0.0.3', free_port('127.0.0.3'))])
+
+        async def sock_connect(sock, address):
+            raise _NotAnOSError(address[0])
+        loop.sock_connect = sock_connect
+        try:
+            await loop.create_connection(Recorder, 'multi.test', 0,
+                                         happy_eyeballs_delay=delay,
+                                         **({'all_errors': True} if all_errors else {}))
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+        return 'connected', None
+
+    for all_errors in ([False, True] if IS_312 else [False]):
+        a, z = both(main, None, all_errors)
+        assert a == z == ('_NotAnOSError', '127.0.0.2')
+    fixed = ('TimeoutError', 'create_connection failed')
+    assert run(LoopFactory('zcloop'), main, 0.01, False) == fixed
+    assert run(LoopFactory('zcloop'), main, 0.01, True) == fixed
+    a = run(LoopFactory('asyncio'), main, 0.01, False)
+    if a[0] != 'IndexError':        # an asyncio without the fix
+        assert a == fixed
+
+
 def test_happy_eyeballs_skips_black_hole(loop_factory):
     """First address never answers (listener with a full accept queue), the
     second works: happy_eyeballs_delay starts it without waiting for the

@@ -15,7 +15,7 @@ import weakref
 import pytest
 
 from streamutil import (
-    BufferedRecorder, Hasher, LoopFactory, Recorder, digest, echo_server, fd_count, free_port,
+    IS_312, BufferedRecorder, Hasher, LoopFactory, Recorder, digest, echo_server, fd_count, free_port,
     loop_factory_fixture, loop_pair, pattern, raise_nofile, raw_peer,
     recv_all_blocking, recv_exactly_blocking, run, unix_raw_peer,
 )
@@ -173,7 +173,10 @@ def test_write_eof(loop_factory):
             conn.close()
             await pr.lost
         return msgs
-    assert run(loop_factory, main) == ['Cannot call write() after write_eof()'] * 2
+    # 3.12 gave writelines() its own messages (asyncio's and zcloop's).
+    assert run(loop_factory, main) == [
+        'Cannot call write() after write_eof()',
+        f'Cannot call {"writelines" if IS_312 else "write"}() after write_eof()']
 
 
 def test_write_eof_after_pending_data(loop_factory):
@@ -336,7 +339,10 @@ def test_mixed_size_write_ordering(read_path_factory):
 
 def test_bytearray_mutated_after_write(loop_factory):
     """write() snapshots: mutating the buffer afterwards changes nothing,
-    also while earlier data is still queued."""
+    also while earlier data is still queued.  zcloop on every version;
+    asyncio only up to 3.11: its selector transport keeps a memoryview of
+    what it could not send at once since 3.12 (gh-91166, no copy), so the
+    queued buffers go out as mutated (or, were that fixed, as written)."""
     async def main():
         loop = asyncio.get_running_loop()
         tr, pr, conn = await raw_peer(loop)
@@ -344,18 +350,24 @@ def test_bytearray_mutated_after_write(loop_factory):
             big = pattern(4 * 1024 * 1024, seed=9)
             tr.write(big)                     # keeps the socket busy
             expected = [big]
+            mutated = [big]
             for size in (10, 20_000, 1024 * 1024):
                 ba = bytearray(pattern(size, seed=size))
                 expected.append(bytes(ba))
                 tr.write(ba)
                 ba[:] = b'X' * size
+                mutated.append(bytes(ba))
                 mv_src = bytearray(pattern(size, seed=size + 1))
                 expected.append(bytes(mv_src))
                 tr.write(memoryview(mv_src))
                 mv_src[:] = b'Y' * size
+                mutated.append(bytes(mv_src))
             tr.write_eof()
             got = await loop.run_in_executor(None, recv_all_blocking, conn)
-            assert got == b''.join(expected)
+            if IS_312 and not loop_factory.is_zcloop:
+                assert got in (b''.join(expected), b''.join(mutated))
+            else:
+                assert got == b''.join(expected)
             tr.close()
             await pr.lost
     run(loop_factory, main)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from helpers.loops import run_on
+from helpers.loops import LOOP_FACTORIES as LOOPS, run_on
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,6 +35,21 @@ def _run(loop_factory, main):
 
 def _fds():
     return sorted(int(n) for n in os.listdir('/proc/self/fd'))
+
+
+# asyncio's child watcher from 3.12 on (where pidfd_open works): a pidfd
+# registered with the loop's selector, closed only when the child's exit is
+# read on that loop.  A child still running when its loop closes leaves that
+# pidfd open for good (3.11's watcher thread opened no fd).
+ASYNCIO_PIDFD_WATCHER = sys.version_info >= (3, 12) and \
+    asyncio.unix_events.can_use_pidfd()
+
+
+def _is_pidfd(fd):
+    try:
+        return os.readlink(f'/proc/self/fd/{fd}') == 'anon_inode:[pidfd]'
+    except OSError:
+        return False
 
 
 def _fd_kinds():
@@ -541,7 +556,14 @@ def test_loop_closes_with_process_running(loop_factory):
     assert not any(p == pid for p, _ in _children())
     del proc
     gc.collect()
-    assert _fds() == before
+    after = _fds()
+    if loop_factory is LOOPS['asyncio'] and ASYNCIO_PIDFD_WATCHER:
+        leaked = [fd for fd in after if fd not in before]
+        assert len(leaked) <= 1 and all(_is_pidfd(fd) for fd in leaked), leaked
+        for fd in leaked:       # asyncio's, not this test's: keep the fd table clean
+            os.close(fd)
+        after = _fds()
+    assert after == before
 
 
 def test_subprocess_argument_errors(loop_factory):
@@ -710,10 +732,14 @@ def test_protocol_callback_order_natural_exit(loop_factory, child):
 
 @pytest.mark.parametrize('child', ['sigkill', 'large'])
 def test_protocol_callback_order_usual(loop_factory, child):
-    """In the usual case (child writes, exits, pipes at EOF), asyncio
-    reports every pipe_connection_lost before process_exited; so does
-    zcloop (its exit callback takes the same one hop as asyncio's child
-    watcher).  Asserted on most runs, not all: it is a race in both."""
+    """In the usual case (child writes, exits, pipes at EOF), asyncio 3.11
+    reports every pipe_connection_lost before process_exited (its watcher
+    thread's call_soon_threadsafe() lands an iteration after the pipes'
+    EOF); so does zcloop (its exit callback takes one hop after the pidfd
+    completion).  Asserted on most runs, not all: it is a race in both.
+    asyncio's pidfd watcher (3.12+) reads the exit in the same iteration as
+    the pipes' EOF, so either order is common there: only the complete
+    sequence is checked for it."""
     code = {
         'sigkill': 'import os; print("a", flush=True); os.kill(os.getpid(), 9)',
         'large': 'import os; os.write(1, b"z" * 300000); os.write(2, b"e" * 70000)',
@@ -731,10 +757,12 @@ def test_protocol_callback_order_usual(loop_factory, child):
     for _ in range(10):
         events = _run(loop_factory, main)
         names = [e if isinstance(e, str) else e[0] for e in events]
-        if names[-2:] == ['process_exited', 'connection_lost'] and \
-                names.count('pipe_connection_lost') == 3:
+        assert names[-1] == 'connection_lost' and names.count('process_exited') == 1
+        assert names.count('pipe_connection_lost') == 3, names
+        if names[-2:] == ['process_exited', 'connection_lost']:
             usual += 1
-    assert usual >= 7, usual
+    if not (loop_factory is LOOPS['asyncio'] and ASYNCIO_PIDFD_WATCHER):
+        assert usual >= 7, usual
 
 
 def test_protocol_without_pipes(loop_factory):

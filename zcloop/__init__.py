@@ -8,6 +8,7 @@ Use it as a drop-in replacement for asyncio's loop::
 """
 import asyncio as _asyncio
 import os as _os
+import sys as _sys
 import warnings as _warnings
 
 from ._ring import Loop, IoUringUnavailableError, ZeroCopyWrite, features, _probe_unavailable
@@ -65,22 +66,56 @@ def new_event_loop(*, fallback=None):
         return _fallback_loop(str(exc))
 
 
-class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
-    """Event loop policy whose loops are zcloop loops.
+def _policy_base():
+    """The asyncio policy class zcloop.EventLoopPolicy derives from, or None.
 
-    >>> asyncio.set_event_loop_policy(zcloop.EventLoopPolicy())
+    3.11-3.13: asyncio.DefaultEventLoopPolicy (the Unix policy, whose child
+    watcher methods asyncio's own loops still call there).  3.14 deprecates
+    that name (a DeprecationWarning on every use, removal planned for 3.16)
+    but not its base class, events._BaseDefaultEventLoopPolicy, which is all
+    a policy needs there (3.14 has no child watchers).  Where neither exists
+    any more there is no policy system to plug into.  vars() rather than
+    getattr(): a module __getattr__ that warns must not run at import.
     """
+    base = getattr(_asyncio.events, "_BaseDefaultEventLoopPolicy", None)
+    if base is None:
+        base = vars(_asyncio).get("DefaultEventLoopPolicy")
+    return base
 
-    def __init__(self, *, fallback=None):
-        super().__init__()
-        self._fallback = fallback
 
-    def new_event_loop(self):
-        return new_event_loop(fallback=self._fallback)
+_PolicyBase = _policy_base()
+_NO_POLICY = (
+    "zcloop.EventLoopPolicy needs asyncio's event loop policy system, which "
+    "this Python ({}.{}) no longer has; use zcloop.run(main()), "
+    "asyncio.run(main(), loop_factory=zcloop.new_event_loop) or "
+    "asyncio.Runner(loop_factory=zcloop.new_event_loop)".format(*_sys.version_info[:2]))
+
+if _PolicyBase is not None:
+    class EventLoopPolicy(_PolicyBase):
+        """Event loop policy whose loops are zcloop loops.
+
+        >>> asyncio.set_event_loop_policy(zcloop.EventLoopPolicy())
+        """
+
+        def __init__(self, *, fallback=None):
+            super().__init__()
+            self._fallback = fallback
+
+        def new_event_loop(self):
+            return new_event_loop(fallback=self._fallback)
+else:
+    __all__ = tuple(name for name in __all__ if name != "EventLoopPolicy")
+
+    def __getattr__(name):
+        if name == "EventLoopPolicy":
+            raise AttributeError(_NO_POLICY)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def install(*, fallback=None):
     """Make asyncio.run() and asyncio.new_event_loop() create zcloop loops."""
+    if _PolicyBase is None:
+        raise RuntimeError(_NO_POLICY.replace("zcloop.EventLoopPolicy", "zcloop.install()"))
     with _warnings.catch_warnings():
         # Python 3.14 deprecates the policy system; installing one is still
         # how asyncio.run() without loop_factory picks a loop.

@@ -1,4 +1,5 @@
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -29,7 +30,12 @@ class Loop(asyncio.AbstractEventLoop):
 
 def new_event_loop(*, fallback: bool | None = ...) -> asyncio.AbstractEventLoop: ...
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+if sys.version_info >= (3, 14):
+    _PolicyBase = asyncio.events._BaseDefaultEventLoopPolicy
+else:
+    _PolicyBase = asyncio.DefaultEventLoopPolicy
+
+class EventLoopPolicy(_PolicyBase):
     def __init__(self, *, fallback: bool | None = ...) -> None: ...
     def new_event_loop(self) -> asyncio.AbstractEventLoop: ...
 

@@ -64,10 +64,20 @@ from sys import _getframe as sys_getframe
 
 logger = logging.getLogger('asyncio')
 
+# The coroutine-function test asyncio's loop applies to callbacks
+# (base_events._check_callback, unix_events.add_signal_handler): 3.14 calls
+# coroutines._iscoroutinefunction there, the same test without the
+# DeprecationWarning that the public asyncio.iscoroutinefunction() now gives.
+aio_iscoroutinefunction = getattr(aio_coroutines, '_iscoroutinefunction',
+                                  aio_coroutines.iscoroutinefunction)
+
 # Same constants as asyncio.base_events.
 cdef int _MIN_SCHEDULED_TIMER_HANDLES = 100
 cdef double _MIN_CANCELLED_TIMER_HANDLES_FRACTION = 0.5
 cdef double MAXIMUM_SELECT_TIMEOUT = 24 * 3600
+# How asyncio's _run_once() treats a NaN timer deadline: min(max(0, NaN), ...)
+# gave 0 up to 3.12; 3.13 compares instead and hands NaN to the selector.
+cdef bint _NAN_TIMEOUT_RAISES = sys.version_info >= (3, 13)
 
 # Default ring sizes (zerocopy.md L1): 2 CQEs per zero-copy send plus
 # multishot bursts, so the CQ is 4x the SQ.
@@ -107,6 +117,10 @@ cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
+# loop.create_task(coro, **kwargs) as base_events has it from 3.14 on:
+# name= and context= reach a task factory.  (3.13.3 alone did so too, by
+# accident; 3.13.4 went back to the older contract.)
+cdef bint _TASK_FACTORY_GETS_NAME = sys.version_info >= (3, 14)
 
 # Objects the kernel may still reference when a loop closed without seeing
 # their last CQE: never freed (leaking is safe, freeing is not).
@@ -769,7 +783,13 @@ cdef class RingLoop:
         elif scheduled:
             timeout = (<TimerHandle>scheduled[0])._when - self._time()
             if not timeout >= 0:
-                timeout = 0         # also NaN: asyncio runs such a timer at once
+                if _NAN_TIMEOUT_RAISES and timeout != timeout:
+                    # 3.13+: asyncio passes a NaN deadline (a NaN timer at the
+                    # heap's head, nothing ready) on to selector.select(),
+                    # whose rounding to milliseconds raises this out of
+                    # run_forever().  Up to 3.12 it waited 0 and ran it.
+                    raise ValueError('cannot convert float NaN to integer')
+                timeout = 0
             elif timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
         self._wait(timeout)
@@ -1089,9 +1109,19 @@ cdef class RingLoop:
         """Create a Future object attached to the loop."""
         return aio_futures.Future(loop=self)
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
+    def create_task(self, coro, **kwargs):
         """Schedule a coroutine object; return a Task."""
         self._check_closed()
+        if _TASK_FACTORY_GETS_NAME:
+            # 3.14: every keyword (name and context included) goes to the
+            # factory or Task as given; the loop names nothing itself.
+            if self._task_factory is None:
+                return aio_tasks.Task(coro, loop=self, **kwargs)
+            return self._task_factory(self, coro, **kwargs)
+        # Up to 3.13: the factory gets context= only when one is given, and
+        # the loop names the task afterwards.
+        name = kwargs.pop('name', None)
+        context = kwargs.pop('context', None)
         if context is not None:
             kwargs['context'] = context
         if self._task_factory is None:
@@ -1438,7 +1468,7 @@ cdef class RingLoop:
     def add_signal_handler(self, sig, callback, *args):
         """Add a handler for a UNIX signal (main thread only)."""
         if (aio_coroutines.iscoroutine(callback) or
-                aio_coroutines.iscoroutinefunction(callback)):
+                aio_iscoroutinefunction(callback)):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         _check_signal(sig)
         self._check_closed()
@@ -1547,7 +1577,7 @@ def _format_handle(Handle handle):
 
 def _check_callback(callback, method):
     if (aio_coroutines.iscoroutine(callback) or
-            aio_coroutines.iscoroutinefunction(callback)):
+            aio_iscoroutinefunction(callback)):
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(

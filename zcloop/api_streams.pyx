@@ -21,6 +21,17 @@ def _make_ssl_transport(RingLoop loop, rawsock, protocol, sslcontext, waiter=Non
     return ssl_protocol._app_transport
 
 
+# asyncio's "error while attempting to bind on address ...: <detail>"
+# (create_connection's local_addr, create_server): the detail is the
+# OSError's strerror up to 3.12, its whole str() ("[errno 98] address
+# already in use") from 3.13 on; lower-cased either way.
+cdef bint _BIND_DETAIL_STR = sys.version_info >= (3, 13)
+
+
+cdef str _bind_error_detail(exc):
+    return (str(exc) if _BIND_DETAIL_STR else exc.strerror).lower()
+
+
 def _check_ssl_socket(sock):
     if ssl_mod is not None and isinstance(sock, ssl_mod.SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
@@ -145,7 +156,7 @@ class _StreamsAPI:
                         break
                     except OSError as exc:
                         msg = (f'error while attempting to bind on address {laddr!r}: '
-                               f'{exc.strerror.lower()}')
+                               f'{_bind_error_detail(exc)}')
                         my_exceptions.append(OSError(exc.errno, msg))
                 else:
                     if my_exceptions:
@@ -220,6 +231,14 @@ class _StreamsAPI:
             if sock is None:
                 exceptions = [exc for sub in exceptions for exc in sub]
                 try:
+                    if not exceptions:
+                        # Every attempt failed without an OSError to report
+                        # (only with happy eyeballs: its race keeps other
+                        # exceptions to itself).  asyncio raised IndexError
+                        # here (exceptions[0]) until gh-135836, TimeoutError
+                        # since.  Also with all_errors: an ExceptionGroup
+                        # cannot be empty.
+                        raise TimeoutError('create_connection failed')
                     if all_errors:
                         raise ExceptionGroup("create_connection failed", exceptions)
                     if len(exceptions) == 1:
@@ -326,7 +345,7 @@ class _StreamsAPI:
                         sock.bind(sa)
                     except OSError as err:
                         msg = ('error while attempting to bind on address %r: %s'
-                               % (sa, err.strerror.lower()))
+                               % (sa, _bind_error_detail(err)))
                         if err.errno == errno_mod.EADDRNOTAVAIL:
                             sockets.pop()
                             sock.close()

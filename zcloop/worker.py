@@ -12,6 +12,7 @@ Each worker process creates its own ring after gunicorn forked it, so no ring
 crosses a fork.
 """
 import asyncio
+import warnings
 
 from . import install
 
@@ -29,10 +30,14 @@ except ImportError:     # uvicorn is optional
 
 
 def _close_current_loop():
-    try:
-        asyncio.get_event_loop().close()
-    except RuntimeError:
-        pass
+    # 3.12-3.13 warn (DeprecationWarning) when get_event_loop() has to create
+    # the loop it returns; 3.14 raises RuntimeError instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            asyncio.get_event_loop().close()
+        except RuntimeError:
+            pass
 
 
 if _AiohttpWorker is not None:
