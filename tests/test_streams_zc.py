@@ -385,6 +385,12 @@ _LOOP_CLOSE_SCRIPT = textwrap.dedent('''
         holder['h'] = h = tr.write_zc(data)
         holder['tr'] = tr
         await h.sent
+        # More than the peer's buffers take: in flight at close; and one
+        # queued behind it (one request in flight per socket).
+        holder['big'] = tr.write_zc(bytearray(8 << 20))
+        holder['queued'] = tr.write_zc(bytearray(64 * 1024))
+        holder['queued'].released.add_done_callback(print)    # a callback to schedule
+        await asyncio.sleep(0.1)
         if {close_transport}:
             tr.close()
     loop.run_until_complete(main())
@@ -392,6 +398,12 @@ _LOOP_CLOSE_SCRIPT = textwrap.dedent('''
     assert not h.released.done()
     loop.close()                       # notification still outstanding
     print('closed', h.released.done(), flush=True)
+    def state(fut):
+        if not fut.done():
+            return 'pending'
+        return 'cancelled' if fut.cancelled() else repr(fut.result())
+    print('states', *[state(getattr(holder[k], f)) for k in ('h', 'big', 'queued')
+                      for f in ('sent', 'released')], flush=True)
     # The kernel may still reference `data`: it must stay exported.
     try:
         data.append(0)
@@ -423,6 +435,13 @@ def test_loop_close_with_notifications_outstanding(close_transport):
         # Still-open transports holding pinned pages are reset by close(),
         # so their notifications arrive before the ring goes.
         assert not quarantined, out
+    # Every handle is settled when close() returns: `released` resolved if
+    # the kernel let go (False: copied over loopback), cancelled if the
+    # buffer is quarantined; the queued write never went out.
+    states = out.split('states ', 1)[1].split('\n', 1)[0].split()
+    assert states[0] == '262144' and states[2] == states[4] == 'cancelled', out
+    released = states[1::2]
+    assert set(released) <= ({'False', 'cancelled'} if quarantined else {'False'}), out
     assert 'Segmentation' not in out and 'Fatal Python error' not in out
     assert out.count('still in flight at loop close') <= 1
 
@@ -724,3 +743,243 @@ def test_nonlocal_mixed_ordering_before_demotion(netns_sink):
         tr.close()
         await pr.lost
     run(ZC, main, timeout=60)
+
+
+# ----------------------------------------------------------------------
+# A socket that refuses zero-copy: MPTCP has no SOCK_SUPPORT_ZC, so
+# SEND_ZC fails with -EOPNOTSUPP.  The bytes go by copy, once.
+
+
+def _mptcp_pair():
+    """(client, server) of an MPTCP connection over loopback, or skip."""
+    proto = getattr(socket, 'IPPROTO_MPTCP', 262)
+    try:
+        with open('/proc/sys/net/mptcp/enabled') as f:
+            if f.read().strip() != '1':
+                pytest.skip('MPTCP disabled (sysctl net.mptcp.enabled=0)')
+    except OSError:
+        pytest.skip('kernel without MPTCP')
+    try:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
+    except OSError as exc:
+        pytest.skip(f'cannot make an MPTCP socket: {exc}')
+    with srv:
+        srv.bind(('127.0.0.1', 0))
+        srv.listen()
+        cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
+        cli.connect(srv.getsockname())
+        conn, _ = srv.accept()
+    cli.setblocking(False)
+    return cli, conn
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('kind', ['asyncio', 'zcloop'])
+def test_mptcp_refused_zero_copy_goes_by_copy(kind):
+    """The same bytes arrive on both loops; on zcloop, write_zc() gets
+    -EOPNOTSUPP once, the buffer is re-sent by copy and the transport stops
+    trying SEND_ZC (it used to resubmit it forever)."""
+    datas = [pattern(size, seed=60 + i)
+             for i, size in enumerate((64 * KIB, 16 * KIB, MIB, 100, 300 * KIB))]
+    blob = b''.join(datas)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cli, conn = _mptcp_pair()
+        with conn:
+            tr, pr = await loop.create_connection(Recorder, sock=cli)
+            assert tr.get_extra_info('socket').proto == socket.IPPROTO_MPTCP
+            reader = loop.run_in_executor(None, recv_exactly_blocking, conn, len(blob))
+            if kind == 'zcloop':
+                assert tr.get_extra_info('zcloop')['zc_capable']
+                h = tr.write_zc(bytearray(datas[0]))
+                assert await asyncio.wait_for(h.sent, 5) == len(datas[0])
+                assert await asyncio.wait_for(h.released, 5) is False     # copied
+                st = tr.get_extra_info('zcloop')
+                assert st['zc_refused'] == 'EOPNOTSUPP'
+                assert not st['zc_capable'] and not st['zc_write']
+                assert st['sends'] == 2 and st['zc_bytes'] == 0     # refused once, then copy
+                # Later write_zc() buffers go by copy without asking again,
+                # batched with the plain writes around them.
+                handles = [tr.write_zc(bytearray(d)) for d in datas[1:3]]
+                tr.writelines(datas[3:])
+                for h, d in zip(handles, datas[1:3]):
+                    assert await asyncio.wait_for(h.sent, 5) == len(d)
+                    assert await asyncio.wait_for(h.released, 5) is False
+                st = tr.get_extra_info('zcloop')
+                assert st['zc_copied'] == 1 and st['zc_bytes'] == 0
+                assert st['copy_bytes'] == len(blob)
+            else:
+                for d in datas:
+                    tr.write(d)
+            assert await asyncio.wait_for(reader, 10) == blob
+            tr.close()
+            assert await pr.lost is None
+    run(LoopFactory(kind), main)
+
+
+# ----------------------------------------------------------------------
+# Batching: what goes by copy shares one request, whatever its size
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('kind', ['asyncio', 'zcloop'])
+def test_loopback_large_writes_coalesce(kind):
+    """Forty plain writes of 16 KiB or more in one callback arrive intact;
+    on zcloop, over loopback (never zero-copy) they share a few requests
+    instead of one request each."""
+    datas = [pattern(16 * KIB + 1000 * i, seed=70 + i) for i in range(40)]
+    blob = b''.join(datas)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sp, tr, pr, srv = await loop_pair(loop, server_factory=Hasher)
+        for d in datas:
+            tr.write(d)
+        tr.write_eof()
+        assert await sp.done == (len(blob), digest(blob))
+        if kind == 'zcloop':
+            st = tr.get_extra_info('zcloop')
+            assert not st['zc_write'] and st['zc_bytes'] == 0
+            assert st['sends'] + st['inline_sends'] <= 6, st
+        tr.close()
+        await pr.lost
+        srv.close()
+        await srv.wait_closed()
+    run(LoopFactory(kind), main)
+
+
+# ----------------------------------------------------------------------
+# Peers at another address of this host are local: the kernel copies, so
+# plain writes and datagrams never try zero-copy towards them.  In a network
+# namespace made for the test, with addresses on its loopback device.
+
+_OWN_ADDRESS_SCRIPT = textwrap.dedent('''
+    import asyncio, json, subprocess, sys
+    sys.path.insert(0, {tests!r})
+    import zcloop
+    from streamutil import Hasher, pattern, digest
+    kind, a, b, c = sys.argv[1:5]
+
+    class Sink(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = []
+            self.fut = asyncio.get_running_loop().create_future()
+        def datagram_received(self, data, addr):
+            self.got.append(data)
+            if len(self.got) == 4 and not self.fut.done():
+                self.fut.set_result(None)
+
+    async def tcp(loop, src, dst):
+        done = loop.create_future()
+        def factory():
+            h = Hasher()
+            h.done.add_done_callback(lambda f: done.set_result(f.result()))
+            return h
+        srv = await loop.create_server(factory, dst, 0)
+        tr, pr = await loop.create_connection(asyncio.Protocol, dst,
+                                              srv.sockets[0].getsockname()[1],
+                                              local_addr=(src, 0))
+        data = pattern(3 << 20, seed=80)
+        for _ in range(3):
+            tr.write(data)
+        tr.write_eof()
+        assert await asyncio.wait_for(done, 20) == (9 << 20, digest(data * 3))
+        st = tr.get_extra_info('zcloop') if kind == 'zcloop' else None
+        tr.close()
+        srv.close()
+        return st
+
+    async def udp(loop, src, dst, connected):
+        rtr, sink = await loop.create_datagram_endpoint(Sink, local_addr=(dst, 0))
+        port = rtr.get_extra_info('sockname')[1]
+        if connected:
+            tr, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(src, 0), remote_addr=(dst, port))
+        else:
+            tr, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(src, 0))
+        datas = [pattern(32 << 10, seed=90 + i) for i in range(4)]
+        for d in datas:
+            if connected:
+                tr.sendto(d)
+            else:
+                tr.sendto(d, (dst, port))
+        await asyncio.wait_for(sink.fut, 20)
+        assert sorted(sink.got) == sorted(datas)
+        st = tr.get_extra_info('zcloop') if kind == 'zcloop' else None
+        tr.close()
+        rtr.close()
+        return st
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        out = {{}}
+        out['tcp'] = await tcp(loop, a, b)
+        # An address added while the loop runs counts as soon as it exists.
+        subprocess.run(['ip', 'addr', 'add', c + '/32', 'dev', 'lo'], check=True)
+        out['tcp_new'] = await tcp(loop, a, c)
+        out['udp'] = await udp(loop, a, b, False)
+        out['udp_connected'] = await udp(loop, a, b, True)
+        print('OK', json.dumps(out), flush=True)
+
+    loop = zcloop.Loop() if kind == 'zcloop' else asyncio.SelectorEventLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+''')
+
+
+@pytest.fixture
+def own_address_netns():
+    """A network namespace whose loopback device also carries two ordinary
+    addresses (a, b); c is added later by the scenario.  Yields the netns
+    name and the addresses."""
+    ip = shutil.which('ip')
+    if ip is None or os.geteuid() != 0:
+        pytest.skip('needs root and iproute2 to make a network namespace')
+    ns = f'zco{os.getpid() % 100000}'
+    a, b, c = '10.214.0.1', '10.214.0.2', '10.214.0.3'
+    try:
+        for cmd in (['netns', 'add', ns],
+                    ['-n', ns, 'link', 'set', 'lo', 'up'],
+                    ['-n', ns, 'addr', 'add', a + '/32', 'dev', 'lo'],
+                    ['-n', ns, 'addr', 'add', b + '/32', 'dev', 'lo']):
+            subprocess.run([ip] + cmd, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        subprocess.run([ip, 'netns', 'del', ns], capture_output=True)
+        pytest.skip(f'cannot make a network namespace: {exc.stderr.strip()}')
+    try:
+        yield ns, a, b, c
+    finally:
+        subprocess.run([ip, 'netns', 'del', ns], capture_output=True)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize('kind', ['asyncio', 'zcloop'])
+def test_own_address_peer_is_local(kind, own_address_netns):
+    """TCP from address a to address b of this host, then to an address c
+    added while the loop runs, and UDP (connected or not) from a to b: the
+    bytes arrive on both loops, and zcloop never tries SEND_ZC (no zero-copy
+    bytes, no "copied" notification, no demotion)."""
+    ns, a, b, c = own_address_netns
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run(['ip', 'netns', 'exec', ns, sys.executable, '-c',
+                           _OWN_ADDRESS_SCRIPT.format(tests=HERE), kind, a, b, c],
+                          capture_output=True, text=True, timeout=80, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.startswith('OK'), out
+    if kind == 'asyncio':
+        return
+    import json
+    res = json.loads(proc.stdout.split(None, 1)[1])
+    for name in ('tcp', 'tcp_new'):
+        st = res[name]
+        assert st['zc_capable'] and not st['zc_write'], (name, st)
+        assert st['zc_bytes'] == 0 and st['zc_copied'] == 0 and st['demotions'] == 0, (name, st)
+    for name in ('udp', 'udp_connected'):
+        st = res[name]
+        assert st['zc_capable'], (name, st)
+        assert st['zc_sends'] == 0 and st['zc_copied'] == 0 and st['demotions'] == 0, (name, st)
+        assert st['copy_sends'] == 4, (name, st)

@@ -103,9 +103,14 @@ cdef class RingLoop:
 
         # zero-copy sends (zerocopy.md W1, W10)
         public Py_ssize_t zc_threshold  # default for new transports
-        Py_ssize_t _zc_budget           # max bytes pinned by SEND_ZC at once
-        Py_ssize_t _zc_pinned_total
+        Py_ssize_t _zc_budget           # max memlock bytes charged for SEND_ZC at once
+        Py_ssize_t _zc_budget_max       # the budget RLIMIT_MEMLOCK allows (_zc_default_budget)
+        double _zc_regrow_at            # after an ENOMEM cut: next time the budget may grow
+        Py_ssize_t _zc_pinned_total     # payload bytes of SEND_ZC requests not yet released
+        Py_ssize_t _zc_charged          # what the kernel charges to memlock for them
+        Py_ssize_t _zc_enomem           # ENOMEM refusals seen
         bint _zc_report_usage
+        bint _quarantining              # close(): on_close() of ops the kernel still holds
 
     # ring plumbing
     cdef _setup_ring(self)
@@ -149,5 +154,6 @@ cdef class RingLoop:
     cdef _free_buf_ring(self, bint leak)
     cdef bint _zc_reserve(self, Py_ssize_t nbytes)
     cdef _zc_unreserve(self, Py_ssize_t nbytes)
+    cdef _zc_nomem(self, Py_ssize_t held)
     cdef _schedule_poll(self, _FdWatcher watcher)
     cdef _arm_poll(self, _FdWatcher watcher)

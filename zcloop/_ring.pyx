@@ -206,8 +206,9 @@ cdef class RingLoop:
         self._buf_size = RECV_BUF_SIZE
         self._buf_count = 256
         self.zc_threshold = 16 * 1024
-        self._zc_budget = _zc_default_budget()
+        self._zc_budget = self._zc_budget_max = _zc_default_budget()
         self._zc_pinned_total = 0
+        self._zc_charged = 0
         self._zc_report_usage = self._feature('report_usage')
         self._owner_pid = getpid()
         self._grow_slots()
@@ -541,6 +542,7 @@ cdef class RingLoop:
                 pass
         leaked = 0
         quarantined = len(_quarantine)
+        self._quarantining = not idle
         for i in range(self._slot_cap):
             obj = self._slot_op[i]
             if obj != NULL:
@@ -560,6 +562,7 @@ cdef class RingLoop:
                     if not isinstance(op, (_WakeupRead, _SignalRead)):
                         leaked += 1
                 Py_DECREF(op)
+        self._quarantining = False
         self._slot_nfree = 0
         for i in range(self._slot_cap):
             self._slot_free[self._slot_nfree] = self._slot_cap - 1 - i
@@ -703,14 +706,49 @@ cdef class RingLoop:
         self._buf_objs = NULL
         self._buf_ring = NULL
 
+    # The zero-copy budget (docs/design.md "Zero-copy"): memlock bytes as
+    # the kernel charges them, so a budget within RLIMIT_MEMLOCK is not
+    # refused for its per-request overhead.
+
     cdef bint _zc_reserve(self, Py_ssize_t nbytes):
-        if self._zc_pinned_total + nbytes > self._zc_budget:
-            return False
+        cdef Py_ssize_t charge = _zc_charge(nbytes)
+        cdef double now
+        if self._zc_charged + charge > self._zc_budget:
+            if self._zc_regrow_at == 0:
+                return False
+            # Cut by an ENOMEM: double it back (re-reading the limit), at
+            # most once a second, so a lasting shortage costs at most one
+            # refused request a second.
+            now = self._time()
+            if now < self._zc_regrow_at:
+                return False
+            self._zc_budget_max = _zc_default_budget()
+            self._zc_budget = min(self._zc_budget_max,
+                                  max(2 * self._zc_budget, self._zc_charged + charge))
+            self._zc_regrow_at = (0 if self._zc_budget >= self._zc_budget_max
+                                  else now + ZC_REGROW_INTERVAL)
+            if self._zc_charged + charge > self._zc_budget:
+                return False
         self._zc_pinned_total += nbytes
+        self._zc_charged += charge
         return True
 
     cdef _zc_unreserve(self, Py_ssize_t nbytes):
         self._zc_pinned_total -= nbytes
+        self._zc_charged -= _zc_charge(nbytes)
+
+    cdef _zc_nomem(self, Py_ssize_t held):
+        """The kernel refused a zero-copy request with ENOMEM: memlock held
+        elsewhere (other loops or processes of this user, registered
+        buffers, a lowered limit) leaves less room than the budget.  Cut the
+        budget to what the kernel was holding for this loop's other requests
+        when it refused (``held``: payload of the refused request, if it is
+        still reserved), so the retry goes by copy; re-read the limit."""
+        self._zc_enomem += 1
+        self._zc_budget_max = _zc_default_budget()
+        self._zc_budget = min(self._zc_budget_max,
+                              max(0, self._zc_charged - (_zc_charge(held) if held else 0)))
+        self._zc_regrow_at = self._time() + ZC_REGROW_INTERVAL
 
     def zc_stats(self):
         """Loop-wide zero-copy state: pinned bytes, budget, probe results."""
@@ -719,7 +757,10 @@ cdef class RingLoop:
             'report_usage': self._zc_report_usage,
             'threshold': self.zc_threshold,
             'pinned_bytes': self._zc_pinned_total,
+            'charged_bytes': self._zc_charged,
             'budget': self._zc_budget,
+            'budget_max': self._zc_budget_max,
+            'enomem': self._zc_enomem,
             'recv_buffers': self._buf_provided,
             'recv_buffer_size': self._buf_size,
         }
@@ -968,6 +1009,9 @@ cdef class RingLoop:
             self._default_executor = None
             executor.shutdown(wait=False)
         self._pending_polls = []
+        for transport in list(self._transports.values()) + self._pending_flush:
+            if isinstance(transport, StreamTransport):
+                (<StreamTransport>transport)._on_loop_close()
         self._pending_flush = []
         self._fd_watchers.clear()
         self._close_ring()
@@ -1610,9 +1654,21 @@ def _fileobj_to_fd(fileobj):
     return fd
 
 
+cdef Py_ssize_t _PAGE_SHIFT = (os.sysconf('SC_PAGE_SIZE') - 1).bit_length()
+# After an ENOMEM cut, the zero-copy budget may double once per interval.
+cdef double ZC_REGROW_INTERVAL = 1.0
+
+
+cdef inline Py_ssize_t _zc_charge(Py_ssize_t nbytes):
+    # What io_uring charges to the user's RLIMIT_MEMLOCK for one SEND_ZC /
+    # SENDMSG_ZC request of nbytes until its notification: (len >> PAGE_SHIFT)
+    # + 2 pages (io_uring/notif.h io_notif_account_mem), in bytes.
+    return ((nbytes >> _PAGE_SHIFT) + 2) << _PAGE_SHIFT
+
+
 def _zc_default_budget():
-    # W10: min(64 MiB, half of RLIMIT_MEMLOCK) unless CAP_IPC_LOCK lifts the
-    # memlock accounting of SEND_ZC pages.
+    # Memlock bytes: min(64 MiB, half of RLIMIT_MEMLOCK) unless CAP_IPC_LOCK
+    # lifts the memlock accounting of SEND_ZC pages.
     budget = 64 * 1024 * 1024
     if _has_cap_ipc_lock():
         return budget

@@ -9,6 +9,7 @@ cdef class ZeroCopyWrite:
 
     cdef _set_sent(self, object exc)
     cdef _set_released(self)
+    cdef _quarantined(self)
 
 
 cdef class _Pinned:
@@ -73,6 +74,8 @@ cdef class StreamTransport(RingTransport):
         bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 
         bint _zc_write               # plain write() may use SEND_ZC
+        str _zc_refused              # errno name of the socket's zero-copy refusal
+        bint _zc_peer_unverified     # _zc_write set, _is_host_address not asked yet
         object _waiter
         object _empty_waiter         # sendfile(): resolves when nothing is queued
 
@@ -89,7 +92,9 @@ cdef class StreamTransport(RingTransport):
     cdef _enqueue(self, object entry, Py_ssize_t n)
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1
     cdef _flush(self)
+    cdef bint _wants_zc(self, object entry, Py_ssize_t remaining)
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)
+    cdef bint _zc_peer_remote(self)
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags)
     cdef _on_send_notif(self, _SendOp op, int32_t res)
     cdef _release_op(self, _SendOp op)
@@ -104,3 +109,5 @@ cdef class StreamTransport(RingTransport):
     cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1
     cdef _on_eof(self)
     cdef _demote(self)
+    cdef _on_send_closed(self, _SendOp op, bint quarantined)
+    cdef _on_loop_close(self)

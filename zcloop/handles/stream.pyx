@@ -30,11 +30,15 @@ cdef class ZeroCopyWrite:
 
     ``sent`` resolves with the number of bytes once the kernel accepted the
     buffer's last byte (or fails with the connection's error; it is
-    cancelled if the transport is aborted first).  ``released`` resolves once
-    the kernel no longer references the memory: only then may the buffer be
-    modified.  Its result is True if the bytes went out without a copy,
-    False if the kernel (or zcloop) copied them, None where the kernel cannot
-    tell (before Linux 6.2).  ``released`` never raises.
+    cancelled if the transport is aborted, or the loop closed, first).
+    ``released`` resolves once the kernel no longer references the memory:
+    only then may the buffer be modified.  Its result is True if the bytes
+    went out without a copy, False if the kernel (or zcloop) copied them --
+    also when the socket refused zero-copy (the transport's
+    ``zc_stats()['zc_refused']`` says why) --, None where the kernel cannot
+    tell (before Linux 6.2).  ``released`` never raises; it is cancelled
+    only when the loop closed while the kernel may still read the buffer
+    (which then stays referenced forever).
     """
 
     def __repr__(self):
@@ -48,13 +52,12 @@ cdef class ZeroCopyWrite:
         if self.sent.done():
             return
         if exc is None:
-            self.sent.set_result(self.nbytes)
-        elif exc is _CANCELLED:
-            self.sent.cancel()
+            _settle(self.sent, self.nbytes)
         else:
-            self.sent.set_exception(exc)
-            # Nobody may be awaiting it: don't log "never retrieved".
-            self.sent.exception()
+            _settle(self.sent, exc)
+            if exc is not _CANCELLED:
+                # Nobody may be awaiting it: don't log "never retrieved".
+                self.sent.exception()
 
     cdef _set_released(self):
         if self.released.done():
@@ -65,7 +68,30 @@ cdef class ZeroCopyWrite:
             result = None
         else:
             result = True
-        self.released.set_result(result)
+        _settle(self.released, result)
+
+    cdef _quarantined(self):
+        # The loop closed while the kernel may still read the buffer.
+        self._set_sent(_CANCELLED)
+        if not self.released.done():
+            _settle(self.released, _CANCELLED)
+
+
+cdef _settle(fut, value):
+    """Resolve fut with value (an exception, _CANCELLED or a result).  In
+    loop.close() the future's state is set but its done-callbacks cannot
+    be scheduled any more (call_soon raises on a closed loop); the futures
+    set their state before scheduling, so that error is dropped."""
+    try:
+        if value is _CANCELLED:
+            fut.cancel()
+        elif isinstance(value, BaseException):
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+    except RuntimeError:
+        if not (fut.done() and fut.get_loop().is_closed()):
+            raise
 
 
 cdef object _CANCELLED = object()
@@ -137,8 +163,10 @@ cdef class _SendOp(UringOp):
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
-        # Loop closed before the kernel let go: the buffers stay referenced
-        # by this op (quarantined); the futures never resolve.
+        # loop.close(): either the final CQE came in the drain (the kernel
+        # let go) or the op is quarantined with its buffers.
+        if self.transport is not None:
+            self.transport._on_send_closed(self, loop._quarantining)
         return 0
 
 
@@ -170,10 +198,15 @@ cdef class StreamTransport(RingTransport):
         if family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
             _set_nodelay(sock)
             self._zc_capable = (loop._op_ok(IORING_OP_SEND_ZC) and loop._feature('send_zc'))
-            # Local peers always get a copy (loopback, own addresses): plain
-            # write() only uses SEND_ZC towards other hosts (W2).
+            # Local delivery copies zero-copy pages: plain write() only uses
+            # SEND_ZC towards other hosts.  Loopback and a peer at our own
+            # address are known now; whether the peer is another address of
+            # this host is asked at the first write large enough to care
+            # (_zc_peer_remote), so connections that never write that much
+            # never pay for it.
             self._zc_write = self._zc_capable and not _is_local_peer(
-                self._extra.get('peername'), self._extra.get('sockname'))
+                self._extra.get('peername'), self._extra.get('sockname'), False)
+            self._zc_peer_unverified = self._zc_write
         self._zc_threshold = loop.zc_threshold
         loop._call_soon(self._protocol.connection_made, (self,), None)
         loop._call_soon(self._start_reading_cb, None, None)
@@ -424,7 +457,7 @@ cdef class StreamTransport(RingTransport):
         if self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and \
                 (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
                 self._inline_iteration != self._loop._iteration and \
-                not (self._zc_write and 0 < self._zc_threshold <= n):
+                not (self._zc_write and 0 < self._zc_threshold <= n and self._zc_peer_remote()):
             if self._send_inline(data, n):
                 return
         self._enqueue(data, n)
@@ -574,18 +607,30 @@ cdef class StreamTransport(RingTransport):
         else:
             self._queue_head = end
 
-    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
-        """Does this entry go out as SEND_ZC (zerocopy.md W2, W3, W10)?"""
-        cdef RingLoop loop = self._loop
+    cdef bint _wants_zc(self, object entry, Py_ssize_t remaining):
+        """Would this entry go out as SEND_ZC, budgets permitting?  Plain
+        write() bytes only towards other hosts, write_zc() buffers on any
+        TCP socket that has not refused zero-copy."""
         if not self._zc_capable or self._zc_threshold <= 0 or remaining < self._zc_threshold:
             return False
-        if type(entry) is bytes:
-            if not self._zc_write:
-                return False
+        return type(entry) is not bytes or (self._zc_write and self._zc_peer_remote())
+
+    cdef bint _zc_peer_remote(self):
+        """May plain write() use SEND_ZC: is the peer another host?"""
+        if self._zc_peer_unverified:
+            self._zc_peer_unverified = False
+            if _is_host_address(self._extra.get('peername')):
+                self._zc_write = False
+        return self._zc_write
+
+    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
+        """Does this entry go out as SEND_ZC now?  Reserves its budget."""
+        if not self._wants_zc(entry, remaining):
+            return False
         remaining = min(remaining, ZC_MAX_REQUEST)
         if self._zc_pinned + remaining > ZC_MAX_PINNED_PER_TRANSPORT:
             return False
-        return loop._zc_reserve(remaining)
+        return self._loop._zc_reserve(remaining)
 
     cdef _flush(self):
         cdef RingLoop loop = self._loop
@@ -628,8 +673,9 @@ cdef class StreamTransport(RingTransport):
                 if niov == IOV_MAX_SEGMENTS:
                     break
                 if niov and self._zc_capable and self._zc_threshold > 0 and \
-                        _entry_len(entry) >= self._zc_threshold:
-                    break       # leave it for its own zero-copy request
+                        _entry_len(entry) >= self._zc_threshold and \
+                        (self._zc_write or type(entry) is not bytes):
+                    break       # leave it for its own zero-copy request (_wants_zc)
                 total += _entry_len(entry)
                 niov += 1
             total -= offset
@@ -695,13 +741,19 @@ cdef class StreamTransport(RingTransport):
             return
         if res < 0:
             if op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or res == -EINVAL):
-                # Zero-copy refused (no SOCK_SUPPORT_ZC, memlock, an unknown
-                # flag on an old kernel): nothing was sent, go again by copy.
+                # Zero-copy refused, nothing was sent: go again, and make sure
+                # the retry cannot be refused the same way (docs/design.md).
                 if res == -EINVAL and loop._zc_report_usage:
+                    # A kernel before 6.2 rejects the REPORT_USAGE flag.
                     loop._zc_report_usage = False
+                elif res == -ENOMEM:
+                    # Memlock: the budget shrinks so the retry goes by copy.
+                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE else 0)
                 else:
-                    if res == -ENOMEM:
-                        loop._zc_budget //= 2
+                    # The socket refuses (no SOCK_SUPPORT_ZC: MPTCP, ...):
+                    # no zero-copy on it any more, write_zc() included.
+                    self._zc_capable = False
+                    self._zc_refused = _errno_name(-res)
                     self._demote()
                 self._requeue(op, 0)
                 self._flush()
@@ -815,6 +867,28 @@ cdef class StreamTransport(RingTransport):
             self._zc_write = False
             self._st_demotions += 1
 
+    cdef _on_send_closed(self, _SendOp op, bint quarantined):
+        """loop.close(): settle the handles of a request whose final CQE came
+        in the close drain, or that stays quarantined with its buffers."""
+        cdef Py_ssize_t i
+        if op is self._send_op:
+            # Its data CQE never came: what it took off the queue is unsent.
+            self._send_op = None
+            self._inflight_bytes = 0
+            _settle_popped(op, 0, _CANCELLED)
+        if not quarantined:
+            self._release_op(op)
+            return
+        for i in range(len(op.entries)):
+            entry = op.entries[i]
+            if type(entry) is _Pinned:
+                (<_Pinned>entry).handle._quarantined()
+
+    cdef _on_loop_close(self):
+        # Queued data never goes out now: cancel the write_zc() handles
+        # (`released` resolves once no request holds the buffer).
+        self._drop_queue(_CANCELLED)
+
     cdef _drop_queue(self, object exc):
         cdef _Pinned pinned
         cdef Py_ssize_t i
@@ -898,6 +972,7 @@ cdef class StreamTransport(RingTransport):
             'copy_bytes': self._st_copy_bytes,
             'zc_copied': self._st_zc_copied,
             'demotions': self._st_demotions,
+            'zc_refused': self._zc_refused,
             'pinned_bytes': self._zc_pinned,
             'sends': self._st_sends,
             'inline_sends': self._st_inline_sends,
@@ -945,13 +1020,23 @@ cdef _send_error(int32_t res):
     return OSError(err, os.strerror(err))
 
 
+cdef str _errno_name(int err):
+    # errno.errorcode names 95 ENOTSUP; the socket calls document EOPNOTSUPP.
+    if err == EOPNOTSUPP:
+        return 'EOPNOTSUPP'
+    return errno_mod.errorcode.get(err, str(err))
+
+
 cdef _set_nodelay(sock):
     if (sock.family in (socket.AF_INET, socket.AF_INET6) and
             sock.type == socket.SOCK_STREAM and sock.proto == socket.IPPROTO_TCP):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-cdef bint _is_local_peer(object peer, object local):
+cdef bint _is_local_peer(object peer, object local, bint probe):
+    """Is the peer (a socket address tuple) this host?  Loopback, the
+    unspecified address and our own end's address are; with ``probe``, any
+    other address of this host is too (_is_host_address)."""
     if not isinstance(peer, tuple) or not peer:
         return True
     host = peer[0]
@@ -963,4 +1048,37 @@ cdef bint _is_local_peer(object peer, object local):
         return False
     if getattr(addr, 'ipv4_mapped', None) is not None:
         addr = addr.ipv4_mapped
-    return addr.is_loopback
+    if addr.is_loopback or addr.is_unspecified:
+        return True
+    return probe and _is_host_address(peer)
+
+
+cdef bint _is_host_address(object peer):
+    """Is the address of ``peer`` (a socket address tuple) one of this
+    host's own?  The kernel answers, always current (addresses added or
+    removed a moment ago, local routes included): bind() to an address that
+    is not local fails with EADDRNOTAVAIL.  A few syscalls, so asked once
+    per connection or datagram destination.  Where non-local binds are
+    allowed (net.ipv4.ip_nonlocal_bind) every peer looks local: plain
+    writes then copy, as they would have after the first notification."""
+    cdef bint v6
+    try:
+        host = peer[0].split('%', 1)[0]
+        addr = ipaddress.ip_address(host)
+        v6 = addr.version == 6
+        if v6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+            v6 = False
+        probe = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    except (ValueError, TypeError, IndexError, OSError):
+        return False
+    try:
+        if v6:
+            probe.bind((str(addr), 0, 0, peer[3] if len(peer) > 3 else 0))
+        else:
+            probe.bind((str(addr), 0))
+    except OSError as exc:
+        return exc.errno != errno_mod.EADDRNOTAVAIL
+    finally:
+        probe.close()
+    return True

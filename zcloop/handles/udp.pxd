@@ -67,8 +67,11 @@ cdef class DatagramTransport(RingTransport):
         bint _last_local
         # zero-copy sends (zerocopy.md W2/W3/W10/W14/W15)
         bint _zc_ok                     # ... and not demoted
+        str _zc_refused                 # errno name of the socket's zero-copy refusal
         bint _zc_local_ok               # test hook: allow ZC to local peers
         bint _peer_local
+        bytes _host_key                 # last unconnected ZC destination (sockaddr bytes)...
+        bint _host_key_local            # ... and whether it is an address of this host
         Py_ssize_t _st_zc_sends
         Py_ssize_t _st_copy_sends
         Py_ssize_t _st_zc_bytes
@@ -89,6 +92,7 @@ cdef class DatagramTransport(RingTransport):
     cpdef _force_close(self, object exc)
     cdef _on_send(self, _DgramSend op, int32_t res, uint32_t flags)
     cdef _demote_zc(self)
+    cdef bint _dest_is_host(self, _DgramSend op)
     cdef _zc_release(self, Py_ssize_t nbytes)
     cdef _schedule_send_cb(self)
     cdef _cancel_all(self)

@@ -210,8 +210,8 @@ cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, objec
                      loop._feature('send_zc') and loop._feature('sendmsg_zc'))
     t._zc_ok = t._zc_capable
     t._peer_local = True
-    if t._connected:
-        t._peer_local = _is_local_peer(t._extra.get('peername'), t._extra.get('sockname'))
+    if t._connected and t._zc_capable:
+        t._peer_local = _is_local_peer(t._extra.get('peername'), t._extra.get('sockname'), True)
     recv = _DgramRecv.__new__(_DgramRecv)
     recv.bufsize = (_DGRAM_RECV_INET if t._family == AF_INET or t._family == AF_INET6
                     else _DGRAM_RECV_OTHER)
@@ -408,7 +408,7 @@ cdef class DatagramTransport(RingTransport):
         # zerocopy.md W3/W10/W14: ZC from the threshold up, within the
         # transport's and the loop's pinned-memory budgets, else copy.
         op.zc = (self._zc_ok and self._zc_threshold > 0 and op.nbytes >= self._zc_threshold and
-                 (self._zc_local_ok or not local) and
+                 (self._zc_local_ok or not (local or self._dest_is_host(op))) and
                  self._zc_pinned + op.nbytes <= _DGRAM_ZC_MAX_PINNED and
                  loop._zc_reserve(op.nbytes))
         op.done = False
@@ -458,13 +458,14 @@ cdef class DatagramTransport(RingTransport):
                     self._arm_wpoll()
             elif op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or
                             res == -EINVAL or res == -ENOBUFS):
-                # Zero-copy refused (no SOCK_SUPPORT_ZC, memlock, a flag an
-                # old kernel does not know): nothing was sent, go again.
+                # Zero-copy refused, nothing was sent: go again, in a way
+                # that cannot be refused the same way (docs/design.md).
                 if res == -EINVAL and loop._zc_report_usage:
                     loop._zc_report_usage = False
+                elif res == -ENOMEM:
+                    loop._zc_nomem(op.nbytes if op.zc_pinned else 0)
                 else:
-                    if res == -ENOMEM:
-                        loop._zc_budget //= 2
+                    self._zc_refused = _errno_name(-res)
                     self._demote_zc()
                 self._requeue(op, flags)
             else:
@@ -508,6 +509,17 @@ cdef class DatagramTransport(RingTransport):
                 break
             i += 1
         self._queue.insert(i, op)
+
+    cdef bint _dest_is_host(self, _DgramSend op):
+        # An unconnected send to another address of this host (local
+        # delivery copies): asked once per destination in a row.
+        if self._connected:
+            return False
+        key = PyBytes_FromStringAndSize(<char*>&op.addr, op.addrlen)
+        if key != self._host_key:
+            self._host_key = key
+            self._host_key_local = _is_host_address(sockaddr_to_py(&op.addr, op.addrlen))
+        return self._host_key_local
 
     cdef _arm_wpoll(self):
         cdef _DgramWritable op
@@ -617,6 +629,7 @@ cdef class DatagramTransport(RingTransport):
             'copy_bytes': self._st_copy_bytes,
             'zc_copied': self._st_zc_copied,
             'demotions': self._st_demotions,
+            'zc_refused': self._zc_refused,
             'pinned_bytes': self._zc_pinned,
             'inflight': len(self._inflight),
             'queued': len(self._queue),
