@@ -660,6 +660,172 @@ def test_tiny_memlock_unprivileged_write_zc(limit, lower_after, how):
 
 
 # ----------------------------------------------------------------------
+# The zero-copy budget against the kernel's memlock accounting (as nobody,
+# so io_uring charges SEND_ZC to RLIMIT_MEMLOCK): a budget within the limit
+# is never refused, and after an ENOMEM the retry goes by copy at once and
+# the budget grows back.
+
+ZC_BUDGET_CHILD = """import asyncio, hashlib, json, os, resource, socket, sys, threading
+import zcloop
+mode, arg = sys.argv[1], int(sys.argv[2])
+KIB = 1024
+
+
+def drain(conn, out):
+    h, n = hashlib.sha256(), 0
+    while True:
+        d = conn.recv(1 << 20)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+    out.append((n, h.hexdigest()))
+
+
+async def connect(loop, rcvbuf=None):
+    srv = socket.socket()
+    if rcvbuf:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    srv.bind(('127.0.0.1', 0))
+    srv.listen()
+    tr, _ = await loop.create_connection(asyncio.Protocol, *srv.getsockname())
+    conn, _ = srv.accept()
+    srv.close()
+    return tr, conn
+
+
+async def finish(loop, pairs, sent):
+    threads, outs = [], []
+    for tr, conn in pairs:
+        out = []
+        t = threading.Thread(target=drain, args=(conn, out))
+        t.start()
+        threads.append(t)
+        outs.append(out)
+    for tr, _ in pairs:
+        tr.write_eof()
+    for t in threads:
+        await loop.run_in_executor(None, t.join, 20)
+    for (tr, conn), out, s in zip(pairs, outs, sent):
+        tr.close()
+        conn.close()
+    return all(out == [(len(s), hashlib.sha256(s).hexdigest())] for out, s in zip(outs, sent))
+
+
+async def enomem(loop):
+    # The limit drops below what the ring already holds after the loop
+    # computed its budget: every zero-copy charge is refused with ENOMEM.
+    tr, conn = await connect(loop)
+    sent = bytearray()
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (arg, hard))
+    data = bytearray(os.urandom(256 * KIB))
+    reader_out = []
+    t = threading.Thread(target=drain, args=(conn, reader_out))
+    t.start()
+    h = tr.write_zc(data)
+    await asyncio.wait_for(h.sent, 5)
+    first = dict(released=await asyncio.wait_for(h.released, 5),
+                 transport=tr.get_extra_info('zcloop'), loop=loop.zc_stats())
+    sent += data
+    # The limit is back: the budget grows back, zero-copy resumes.
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+    for i in range(100):
+        d = bytearray(os.urandom(256 * KIB))
+        h = tr.write_zc(d)
+        await asyncio.wait_for(h.released, 5)
+        sent += d
+        if tr.get_extra_info('zcloop')['zc_bytes']:
+            break
+        await asyncio.sleep(0.05)
+    after = dict(transport=tr.get_extra_info('zcloop'), loop=loop.zc_stats())
+    tr.write_eof()
+    await loop.run_in_executor(None, t.join, 20)
+    tr.close()
+    conn.close()
+    ok = reader_out == [(len(sent), hashlib.sha256(sent).hexdigest())]
+    return dict(first=first, after=after, ok=ok)
+
+
+async def within(loop):
+    # RLIMIT_MEMLOCK = arg: many 16 KiB write_zc() (the worst charge per
+    # byte) held by peers that do not read, as much as the budget admits.
+    budget = loop.zc_stats()['budget']
+    pairs = [await connect(loop, rcvbuf=4096) for _ in range(24)]
+    sent = []
+    for tr, _ in pairs:
+        d = os.urandom(16 * KIB)
+        tr.write_zc(bytearray(d))
+        sent.append(d)
+    await asyncio.sleep(0.3)
+    held = loop.zc_stats()
+    ok = await finish(loop, pairs, sent)
+    return dict(budget=budget, held=held, loop=loop.zc_stats(), ok=ok)
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    res = await {'enomem': enomem, 'within': within}[mode](loop)
+    res['uid'] = os.getuid()
+    print('OK', json.dumps(res))
+
+zcloop.run(main())
+"""
+
+
+def _zc_budget_child(mode, arg, limit):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the scenario as another user")
+    python = _interpreter_for_nobody()
+    if python is None:
+        pytest.skip("no interpreter executable by uid 65534 with this ABI")
+    proc = subprocess.run([python, "-c", ZC_BUDGET_CHILD, mode, str(arg)],
+                          env=_child_env(), capture_output=True, text=True, timeout=60,
+                          cwd="/", preexec_fn=_limit_memlock(limit, "nobody"))
+    assert_clean_exit(proc)
+    assert proc.stdout.startswith("OK"), proc.stdout + proc.stderr
+    info = json.loads(proc.stdout.split(None, 1)[1])
+    assert info["uid"] != 0
+    return info
+
+
+@pytest.mark.timeout(90)
+def test_zc_budget_within_memlock_not_refused():
+    """RLIMIT_MEMLOCK 384 KiB, budget half of it: 24 connections each with
+    a 16 KiB write_zc() their peers do not read.  Each costs the kernel
+    (16 KiB >> 12) + 2 = 6 pages: counted in payload bytes, the budget let
+    12 of them (288 KiB plus the rings) through and the kernel refused some
+    (ENOMEM, budget halved); counted as the kernel does, 8 go zero-copy,
+    the rest by copy, none refused."""
+    info = _zc_budget_child("within", 0, 384 * 1024)
+    assert info["ok"], info
+    held = info["held"]
+    assert held.get("enomem", 0) == 0 and held["budget"] == info["budget"] == 192 * 1024, info
+    assert held["charged_bytes"] == 8 * 6 * 4096 or os.sysconf("SC_PAGE_SIZE") != 4096, info
+
+
+@pytest.mark.timeout(90)
+def test_zc_enomem_retry_by_copy_and_budget_recovers():
+    """The soft limit drops to one page after the loop sized its budget:
+    the first write_zc() is refused once (ENOMEM) and re-sent by copy in
+    the same round trip (it used to be retried as SEND_ZC, halving the
+    budget each time); with the limit back, the budget grows back and
+    zero-copy resumes (it used to stay cut forever)."""
+    info = _zc_budget_child("enomem", 4096, 8 << 20)
+    assert info["ok"], info
+    first, after = info["first"], info["after"]
+    assert first["released"] is False
+    assert first["transport"]["sends"] == 2, first         # one refused, one copy
+    assert first["transport"]["zc_bytes"] == 0
+    assert first["loop"]["enomem"] == 1, first
+    assert after["transport"]["zc_bytes"] > 0, after
+    assert after["loop"]["budget"] > first["loop"]["budget"], info
+    assert after["loop"]["enomem"] == 1, after
+    record("zc_enomem_recovery", sends_first=first["transport"]["sends"],
+           budget_cut=first["loop"]["budget"], budget_after=after["loop"]["budget"])
+
+
+# ----------------------------------------------------------------------
 # SIGINT during run_until_complete
 
 
