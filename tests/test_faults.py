@@ -763,9 +763,46 @@ async def within(loop):
     return dict(budget=budget, held=held, loop=loop.zc_stats(), ok=ok)
 
 
+class DgramSink(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.got = []
+
+    def datagram_received(self, data, addr):
+        self.got.append(data)
+
+
+async def udp_enomem(loop):
+    # The same for datagrams (SENDMSG_ZC; allowed towards loopback by the
+    # transport's test hook).
+    rtr, sink = await loop.create_datagram_endpoint(DgramSink, local_addr=('127.0.0.1', 0))
+    tr, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=rtr.get_extra_info('sockname'))
+    tr._set_zc_local(True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (arg, hard))
+    sent = [os.urandom(32 * KIB)]
+    tr.sendto(sent[0])
+    while len(sink.got) < 1:
+        await asyncio.sleep(0.01)
+    first = dict(transport=tr.get_extra_info('zcloop'), loop=loop.zc_stats())
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+    for i in range(100):
+        sent.append(os.urandom(32 * KIB))
+        tr.sendto(sent[-1])
+        while len(sink.got) < len(sent):
+            await asyncio.sleep(0.01)
+        if tr.get_extra_info('zcloop')['zc_bytes']:
+            break
+        await asyncio.sleep(0.05)
+    after = dict(transport=tr.get_extra_info('zcloop'), loop=loop.zc_stats())
+    tr.close()
+    rtr.close()
+    return dict(first=first, after=after, ok=sink.got == sent)
+
+
 async def main():
     loop = asyncio.get_running_loop()
-    res = await {'enomem': enomem, 'within': within}[mode](loop)
+    res = await {'enomem': enomem, 'within': within, 'udp_enomem': udp_enomem}[mode](loop)
     res['uid'] = os.getuid()
     print('OK', json.dumps(res))
 
@@ -823,6 +860,23 @@ def test_zc_enomem_retry_by_copy_and_budget_recovers():
     assert after["loop"]["enomem"] == 1, after
     record("zc_enomem_recovery", sends_first=first["transport"]["sends"],
            budget_cut=first["loop"]["budget"], budget_after=after["loop"]["budget"])
+
+
+@pytest.mark.timeout(90)
+def test_zc_enomem_datagram_retry_by_copy_and_budget_recovers():
+    """The same for a datagram: SENDMSG_ZC refused once, the datagram
+    re-sent by copy; the refusal neither counts as a "copied" notification
+    nor demotes the transport, and zero-copy resumes once the budget grew
+    back."""
+    info = _zc_budget_child("udp_enomem", 4096, 8 << 20)
+    assert info["ok"], info
+    first, after = info["first"], info["after"]
+    st = first["transport"]
+    assert (st["zc_sends"], st["copy_sends"], st["zc_bytes"]) == (1, 1, 0), first
+    assert st["zc_copied"] == 0 and st["demotions"] == 0 and st["zc_write"], first
+    assert first["loop"]["enomem"] == 1, first
+    assert after["transport"]["zc_bytes"] > 0, after
+    assert after["loop"]["budget"] > first["loop"]["budget"], info
 
 
 # ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ cdef class _SendOp(UringOp):
         bint zc
         bint implicit_zc        # ZC chosen for plain write() data
         bint popped             # entries left the queue with this request
+        bint refused            # SEND_ZC refused (nothing sent); re-sent by copy
         uint64_t ud
         iovec *iov
         int iov_cap             # iovecs allocated at iov (kept across reuse)
@@ -92,7 +93,6 @@ cdef class StreamTransport(RingTransport):
     cdef _enqueue(self, object entry, Py_ssize_t n)
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1
     cdef _flush(self)
-    cdef bint _wants_zc(self, object entry, Py_ssize_t remaining)
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)
     cdef bint _zc_peer_remote(self)
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags)

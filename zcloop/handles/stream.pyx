@@ -607,14 +607,6 @@ cdef class StreamTransport(RingTransport):
         else:
             self._queue_head = end
 
-    cdef bint _wants_zc(self, object entry, Py_ssize_t remaining):
-        """Would this entry go out as SEND_ZC, budgets permitting?  Plain
-        write() bytes only towards other hosts, write_zc() buffers on any
-        TCP socket that has not refused zero-copy."""
-        if not self._zc_capable or self._zc_threshold <= 0 or remaining < self._zc_threshold:
-            return False
-        return type(entry) is not bytes or (self._zc_write and self._zc_peer_remote())
-
     cdef bint _zc_peer_remote(self):
         """May plain write() use SEND_ZC: is the peer another host?"""
         if self._zc_peer_unverified:
@@ -624,8 +616,12 @@ cdef class StreamTransport(RingTransport):
         return self._zc_write
 
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
-        """Does this entry go out as SEND_ZC now?  Reserves its budget."""
-        if not self._wants_zc(entry, remaining):
+        """Does this entry go out as SEND_ZC now?  Plain write() bytes only
+        towards other hosts, write_zc() buffers on any TCP socket that has
+        not refused zero-copy; within the budgets (reserved here)."""
+        if not self._zc_capable or self._zc_threshold <= 0 or remaining < self._zc_threshold:
+            return False
+        if type(entry) is bytes and not (self._zc_write and self._zc_peer_remote()):
             return False
         remaining = min(remaining, ZC_MAX_REQUEST)
         if self._zc_pinned + remaining > ZC_MAX_PINNED_PER_TRANSPORT:
@@ -675,7 +671,7 @@ cdef class StreamTransport(RingTransport):
                 if niov and self._zc_capable and self._zc_threshold > 0 and \
                         _entry_len(entry) >= self._zc_threshold and \
                         (self._zc_write or type(entry) is not bytes):
-                    break       # leave it for its own zero-copy request (_wants_zc)
+                    break       # it may go zero-copy: its own request (_entry_zc)
                 total += _entry_len(entry)
                 niov += 1
             total -= offset
@@ -755,6 +751,7 @@ cdef class StreamTransport(RingTransport):
                     self._zc_capable = False
                     self._zc_refused = _errno_name(-res)
                     self._demote()
+                op.refused = True
                 self._requeue(op, 0)
                 self._flush()
                 return
@@ -833,6 +830,10 @@ cdef class StreamTransport(RingTransport):
     cdef _on_send_notif(self, _SendOp op, int32_t res):
         cdef Py_ssize_t i
         cdef _Pinned pinned
+        if op.refused:
+            # Nothing was sent: its "copied" usage bit says nothing.
+            self._release_op(op)
+            return
         copied = bool(<uint32_t>res & IORING_NOTIF_USAGE_ZC_COPIED)
         if copied:
             self._st_zc_copied += 1

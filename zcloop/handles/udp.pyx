@@ -438,7 +438,7 @@ cdef class DatagramTransport(RingTransport):
             # Zero-copy notification: the kernel let go of op.data (the op
             # is released with this CQE).  Copied = local delivery or a
             # device without ZC: stop paying for zero-copy on this socket.
-            if <uint32_t>res & IORING_NOTIF_USAGE_ZC_COPIED:
+            if op.zc and <uint32_t>res & IORING_NOTIF_USAGE_ZC_COPIED:
                 self._st_zc_copied += 1
                 self._demote_zc()
             return
@@ -467,6 +467,7 @@ cdef class DatagramTransport(RingTransport):
                 else:
                     self._zc_refused = _errno_name(-res)
                     self._demote_zc()
+                op.zc = False       # nothing sent: its notification says nothing
                 self._requeue(op, flags)
             else:
                 op.counted = False
