@@ -983,3 +983,33 @@ def test_own_address_peer_is_local(kind, own_address_netns):
         assert st['zc_capable'], (name, st)
         assert st['zc_sends'] == 0 and st['zc_copied'] == 0 and st['demotions'] == 0, (name, st)
         assert st['copy_sends'] == 4, (name, st)
+
+
+def test_nonlocal_mptcp_plain_write_refused_once(netns_sink):
+    """Plain write() to a peer on another host from an MPTCP socket: the
+    first SEND_ZC is refused (-EOPNOTSUPP), those bytes and everything after
+    go by copy, byte-exact."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        cli, conn = _mptcp_pair()       # skips without MPTCP
+        cli.close()
+        conn.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+        sock.settimeout(10)
+        sock.connect(netns_sink)
+        sock.setblocking(False)
+        tr, pr = await loop.create_connection(Recorder, sock=sock)
+        assert tr.zc_stats()['zc_write']
+        datas = [pattern(size, seed=50 + i) for i, size in enumerate((256 * KIB, 1000, MIB))]
+        for d in datas:
+            tr.write(d)
+        tr.write_eof()
+        blob = b''.join(datas)
+        assert await asyncio.wait_for(_sink_result(pr), 20) == (len(blob), digest(blob))
+        st = tr.zc_stats()
+        assert st['zc_refused'] == 'EOPNOTSUPP' and not st['zc_capable'], st
+        assert st['demotions'] == 1 and st['zc_bytes'] == 0 and st['zc_copied'] == 0, st
+        assert st['copy_bytes'] == len(blob), st
+        tr.close()
+        await pr.lost
+    run(ZC, main)
