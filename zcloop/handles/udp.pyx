@@ -192,7 +192,6 @@ cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, objec
     t._queue = collections.deque()
     t._inflight = set()
     t._send_errors = []
-    t._context = PyContext_CopyCurrent()
     t._zc_threshold = loop.zc_threshold
     t._send_flags = MSG_NOSIGNAL
     if t._family != AF_INET and t._family != AF_INET6:
