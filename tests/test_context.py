@@ -643,3 +643,45 @@ def test_creator_resumes_before_first_data(run, kind, protocol_class):
         return pr.first_data_seen_bound
 
     assert run(main) is True
+
+
+# ----------------------------------------------------------------------
+# AF_UNIX SOCK_DGRAM socketpair: sendto(data) without an address
+
+
+def test_unix_dgram_socketpair_sendto_without_address(run, is_zcloop):
+    """The peer is unnamed (getpeername() == ''), so asyncio does not treat
+    the socket as connected: its sendto(data) fails the transport with
+    TypeError (socket.sendto(data, None)).  zcloop sends to the peer the
+    kernel knows, as uvloop (docs/design.md)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        log = []
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ta, pa = await loop.create_datagram_endpoint(
+            lambda: DatagramCtxRecorder(log, 'a'), sock=a)
+        tb, pb = await loop.create_datagram_endpoint(
+            lambda: DatagramCtxRecorder(log, 'b'), sock=b)
+        assert ta.get_extra_info('peername') == ''
+        ta.sendto(b'hello')
+        # One of them happens, on either loop: never a silent hang.
+        received = asyncio.ensure_future(pb.received.get())
+        done, _ = await asyncio.wait([received, pa.lost],
+                                     return_when=asyncio.FIRST_COMPLETED, timeout=10)
+        assert done, 'sendto() neither delivered nor failed'
+        if received.done():
+            outcome = ('delivered', received.result())
+            tb.sendto(b'reply')
+            outcome += ('reply', await pa.received.get())
+        else:
+            received.cancel()
+            outcome = ('failed', type(pa.lost.result()).__name__)
+        ta.close()
+        tb.close()
+        await pb.lost
+        return outcome
+
+    if is_zcloop:
+        assert run(main) == ('delivered', (b'hello', None), 'reply', (b'reply', None))
+    else:
+        assert run(main) == ('failed', 'TypeError')

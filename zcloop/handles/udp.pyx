@@ -325,7 +325,12 @@ cdef class DatagramTransport(RingTransport):
             return
 
         op = _DgramSend.__new__(_DgramSend)
-        if self._connected:
+        if self._connected or (addr is None and self._extra['peername'] is not None):
+            # No address: to the connected peer.  An unnamed one (the other
+            # end of an AF_UNIX socketpair) reads as '', which _connected
+            # (as asyncio) takes for "not connected"; the kernel knows the
+            # peer, so send there as uvloop does (asyncio fails the
+            # transport with TypeError; docs/design.md).
             op.addrlen = 0
         elif self._last_addr is not None and addr == self._last_addr:
             memcpy(&op.addr, &self._last_ss, sizeof(sockaddr_storage))
