@@ -316,6 +316,54 @@ def test_flow_control_and_resume_reading_contexts(run):
     assert [e[:2] for e in srv[-2:]] == [('eof', 'resumer'), ('lost', 'resumer')]
 
 
+def test_each_resume_reading_gives_later_data_its_context(run):
+    """The protocol pauses in every data_received(); a task resumes it each
+    time from another context: the next data comes in that one (also what
+    arrived while paused)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = []
+        wants_resume = asyncio.Event()
+        server_tr = loop.create_future()
+
+        class Pausing(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.n = 0
+                server_tr.set_result(transport)
+
+            def data_received(self, data):
+                seen.append(var.get())
+                self.n += len(data)
+                self.transport.pause_reading()
+                wants_resume.set()
+
+        var.set('server creator')
+        srv = await loop.create_server(Pausing, '127.0.0.1', 0)
+        var.set('client creator')
+        tr, pr = await loop.create_connection(
+            asyncio.Protocol, *srv.sockets[0].getsockname())
+        str_ = await server_tr
+        total = 1024 * 1024
+        for _ in range(64):
+            tr.write(b'x' * (total // 64))
+        i = 0
+        while str_.get_protocol().n < total:
+            await wants_resume.wait()
+            wants_resume.clear()
+            var.set(f'resumer {i}')
+            i += 1
+            str_.resume_reading()
+        tr.close()
+        str_.close()
+        srv.close()
+        await srv.wait_closed()
+        return seen
+
+    seen = run(main)
+    assert seen == ['server creator'] + [f'resumer {i}' for i in range(len(seen) - 1)]
+
+
 def test_connection_lost_after_buffered_close_in_writers_context(run):
     async def main():
         loop = asyncio.get_running_loop()

@@ -138,10 +138,8 @@ cdef class _SendOp(UringOp):
             return 0
         # asyncio's writer handle: resume_writing(), and connection_lost()
         # after a close() that waited for the buffer, see the context of
-        # the write() that started buffering.
+        # the write() that started buffering (set by _enqueue()).
         context = transport._write_context
-        if context is None:
-            context = transport._context
         entered = _enter_context(context)
         try:
             transport._on_send_done(self, res, flags)
