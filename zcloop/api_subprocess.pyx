@@ -10,6 +10,7 @@ cdef class _ChildExitOp(UringOp):
         int pidfd
         int pid
         object transport
+        object context      # process_exited() runs in it (see docs/design.md)
         uint64_t ud
 
     def __cinit__(self):
@@ -50,7 +51,7 @@ cdef class _ChildExitOp(UringOp):
         self.transport = None
         # One callback hop, as asyncio's child watchers (call_soon_threadsafe):
         # pipe EOFs completed in the same batch are reported before the exit.
-        loop._call_soon(_deliver_exit, (transport, returncode), None)
+        loop._call_soon(_deliver_exit, (transport, returncode), self.context)
         return 0
 
     cdef arm(self, RingLoop loop):
@@ -74,7 +75,7 @@ def _deliver_exit(transport, returncode):
         transport._process_exited(returncode)
 
 
-def _wait_child_thread(loop, pid, transport):
+def _wait_child_thread(loop, pid, transport, context):
     try:
         _, status = os.waitpid(pid, 0)
         returncode = os.waitstatus_to_exitcode(status)
@@ -85,7 +86,7 @@ def _wait_child_thread(loop, pid, transport):
         if returncode is None:
             returncode = 255
     try:
-        loop.call_soon_threadsafe(_deliver_exit, transport, returncode)
+        loop.call_soon_threadsafe(_deliver_exit, transport, returncode, context=context)
     except RuntimeError:
         pass        # the loop is closed
 
@@ -171,13 +172,17 @@ class _PipesAPI:
             waiter=waiter, extra=extra, **kwargs)
         op = _ChildExitOp()
         op.pid = transp.get_pid()
+        # The context of this call, as uvloop (asyncio's differs with its
+        # child watcher: the watcher thread's, or the caller's with pidfds).
+        op.context = PyContext_CopyCurrent()
         try:
             op.pidfd = os.pidfd_open(op.pid)
         except OSError:
             # No pidfd (ENOSYS/EPERM in some sandboxes and under valgrind,
             # EMFILE): wait in a thread as asyncio's ThreadedChildWatcher
             # does, rather than leave the child running and unreaped.
-            threading.Thread(target=_wait_child_thread, args=(self, op.pid, transp),
+            threading.Thread(target=_wait_child_thread,
+                             args=(self, op.pid, transp, op.context),
                              name=f'zcloop-waitpid-{op.pid}', daemon=True).start()
         else:
             op.transport = transp

@@ -12,6 +12,7 @@ cdef _init_pipe(StreamTransport transport, RingLoop loop, object pipe, object pr
         raise ValueError("Pipe transport is only for pipes, sockets and character devices")
     os.set_blocking(fileno, False)
     transport._loop = loop
+    transport._context = PyContext_CopyCurrent()
     transport._extra = dict(extra) if extra else {}
     transport._extra['pipe'] = pipe
     transport._sock = pipe
@@ -28,9 +29,7 @@ cdef class ReadPipeTransport(StreamTransport):
 
     def _init(self, RingLoop loop, pipe, protocol, waiter, extra):
         _init_pipe(self, loop, pipe, protocol, waiter, extra, True)
-        loop._call_soon(self._start_reading_cb, None, None)
-        if waiter is not None:
-            loop._call_soon(aio_futures._set_result_unless_cancelled, (waiter, None), None)
+        _start_reading_after(loop, self, waiter)
 
     cdef _on_eof(self):
         # The writer closed its end.
@@ -48,6 +47,7 @@ cdef class _PipeHangupOp(UringOp):
 
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
+        cdef bint entered
         transport = self.transport
         if transport._hup_ud != user_data:
             return 0
@@ -56,7 +56,14 @@ cdef class _PipeHangupOp(UringOp):
             return 0
         if loop._debug:
             logger.info("%r was closed by peer", transport)
-        transport._force_close(BrokenPipeError() if transport._buffer_size() else None)
+        # asyncio watches the hangup with a reader added at creation.
+        context = transport._context
+        entered = _enter_context(context)
+        try:
+            transport._force_close(BrokenPipeError() if transport._buffer_size() else None)
+        finally:
+            if entered:
+                PyContext_Exit(<PyObject*>context)
         return 0
 
 

@@ -63,23 +63,35 @@ cdef class _AcceptOp(UringOp):
         return 0
 
     def _accepted(self, int fd):
+        # asyncio sets each connection up in a task of its own: in a copy
+        # of the context that started serving, where protocol_factory()
+        # runs and the transport takes its context from.
+        context = self.context.copy()
+        PyContext_Enter(<PyObject*>context)
+        try:
+            self._accept_in_context(fd)
+        finally:
+            PyContext_Exit(<PyObject*>context)
+
+    def _accept_in_context(self, int fd):
         sock = self.sock
         conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
         protocol = None
         transport = None
         try:
             protocol = self.protocol_factory()
-            waiter = self.loop.create_future()
             if self.ssl:
+                waiter = self.loop.create_future()
                 transport = _make_ssl_transport(
                     self.loop, conn, protocol, self.ssl, waiter, server_side=True,
                     server=self.server,
                     ssl_handshake_timeout=self.ssl_handshake_timeout,
                     ssl_shutdown_timeout=self.ssl_shutdown_timeout)
+                waiter.add_done_callback(_accept_waiter_done)
             else:
-                transport = _make_stream_transport(self.loop, conn, protocol, waiter,
+                # No waiter: nobody awaits it, and reading starts sooner.
+                transport = _make_stream_transport(self.loop, conn, protocol, None,
                                                    None, self.server)
-            waiter.add_done_callback(_accept_waiter_done)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -187,6 +199,7 @@ class Server(aio_events.AbstractServer):
             op.server = self
             op.ssl_handshake_timeout = self._ssl_handshake_timeout
             op.ssl_shutdown_timeout = self._ssl_shutdown_timeout
+            op.context = PyContext_CopyCurrent()
             self._accepts[sock] = op
             op.arm()
 

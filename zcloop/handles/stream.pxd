@@ -60,6 +60,8 @@ cdef class StreamTransport(RingTransport):
         Py_ssize_t _inflight_bytes
         bint _flush_queued
         uint64_t _inline_iteration   # loop iteration of the last inline send()
+        object _write_context        # context of the write() that found nothing
+                                     # buffered: send completions run in it
         bint _eof
         bint _shutdown_done
 

@@ -156,10 +156,22 @@ cdef class _SendOp(UringOp):
 
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
+        cdef StreamTransport transport = self.transport
+        cdef object context
+        cdef bint entered
         if flags & IORING_CQE_F_NOTIF:
-            self.transport._on_send_notif(self, res)
-        else:
-            self.transport._on_send_done(self, res, flags)
+            transport._on_send_notif(self, res)
+            return 0
+        # asyncio's writer handle: resume_writing(), and connection_lost()
+        # after a close() that waited for the buffer, see the context of
+        # the write() that started buffering (set by _enqueue()).
+        context = transport._write_context
+        entered = _enter_context(context)
+        try:
+            transport._on_send_done(self, res, flags)
+        finally:
+            if entered:
+                PyContext_Exit(<PyObject*>context)
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
@@ -174,7 +186,14 @@ cdef class _RecvOp(UringOp):
 
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
-        self.transport._on_recv(user_data, res, flags)
+        cdef StreamTransport transport = self.transport
+        cdef object context = transport._context    # resume_reading() may replace it
+        cdef bint entered = _enter_context(context)
+        try:
+            transport._on_recv(user_data, res, flags)
+        finally:
+            if entered:
+                PyContext_Exit(<PyObject*>context)
         return 0
 
 
@@ -209,9 +228,7 @@ cdef class StreamTransport(RingTransport):
             self._zc_peer_unverified = self._zc_write
         self._zc_threshold = loop.zc_threshold
         loop._call_soon(self._protocol.connection_made, (self,), None)
-        loop._call_soon(self._start_reading_cb, None, None)
-        if waiter is not None:
-            loop._call_soon(aio_futures._set_result_unless_cancelled, (waiter, None), None)
+        _start_reading_after(loop, self, waiter)
 
     def __repr__(self):
         info = [self.__class__.__name__]
@@ -251,14 +268,20 @@ cdef class StreamTransport(RingTransport):
         if self._closing or not self._paused:
             return
         self._paused = False
+        # asyncio adds a new reader handle here: from now on data is
+        # delivered in a copy of the context of this call.
+        self._context = PyContext_CopyCurrent()
         if self._paused_data:
-            self._loop._call_soon(self._deliver_paused, None, None)
+            self._loop._call_soon(self._deliver_paused, None, self._context)
         self._start_reading()
         if self._loop._debug:
             logger.debug("%r resumes reading", self)
 
     def _start_reading_cb(self):
         self._start_reading()
+
+    def _start_reading_next(self):
+        self._loop._call_soon(self._start_reading_cb, None, None)
 
     cdef _start_reading(self):
         if self._closing or self._paused or self._read_eof or self._sock is None:
@@ -573,6 +596,8 @@ cdef class StreamTransport(RingTransport):
             pass
 
     cdef _enqueue(self, object entry, Py_ssize_t n):
+        if self._queue_bytes == 0 and self._send_op is None:
+            self._write_context = PyContext_CopyCurrent()
         if self._queue_tail < len(self._queue):
             self._queue[self._queue_tail] = entry
         else:
@@ -981,6 +1006,20 @@ cdef class StreamTransport(RingTransport):
 
 
 cdef uint64_t NO_OFFSET = <uint64_t>-1      # read/write at the file position (pipes)
+
+
+cdef _start_reading_after(RingLoop loop, StreamTransport transport, object waiter):
+    """After connection_made() (already scheduled): the waiter's result,
+    then reading.  As in asyncio, the coroutine awaiting the waiter
+    (create_connection(), connect_read_pipe()...) resumes before the first
+    data_received(): its wakeup is scheduled when the waiter is set, so
+    reading starts one callback hop after that, and the first recv is only
+    submitted once the wakeup ran."""
+    if waiter is None:
+        loop._call_soon(transport._start_reading_cb, None, None)
+    else:
+        loop._call_soon(aio_futures._set_result_unless_cancelled, (waiter, None), None)
+        loop._call_soon(transport._start_reading_next, None, None)
 
 
 cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):

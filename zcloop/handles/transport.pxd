@@ -6,6 +6,9 @@ cdef class RingTransport:
         RingLoop _loop
         object _protocol
         bint _protocol_connected
+        # Context the protocol's callbacks run in (asyncio: that of the
+        # reader handle, a copy of the creator's; see docs/design.md).
+        object _context
         object _sock
         int _fd
         dict _extra

@@ -9,6 +9,7 @@ cdef class RingTransport:
     cdef _init_transport(self, RingLoop loop, object sock, object protocol, object extra,
                          object server):
         self._loop = loop
+        self._context = PyContext_CopyCurrent()
         self._extra = dict(extra) if extra else {}
         self._sock = sock
         self._fd = sock.fileno()
@@ -166,6 +167,17 @@ cdef class RingTransport:
             del self._loop._transports[self._fd]
         self._sock.close()
         self._sock = None
+
+
+cdef inline bint _enter_context(object context):
+    """Enter a transport's context for the protocol calls of one
+    completion (through the C API: no closure, no Context.run()).  False if
+    it is current already (entered up the stack): then they run as they are."""
+    try:
+        PyContext_Enter(<PyObject*>context)
+    except RuntimeError:
+        return False
+    return True
 
 
 cdef _call_write_flow_control(RingLoop loop, object protocol, bint pause, object transport,

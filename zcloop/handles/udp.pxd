@@ -57,7 +57,6 @@ cdef class DatagramTransport(RingTransport):
         uint64_t _wpoll_ud              # POLLOUT wait after EAGAIN, 0 if none
         _DgramRecv _recv
         uint64_t _recv_ud               # user_data of the armed RECVMSG, 0 if none
-        object _context
         list _send_errors
         bint _send_cb_pending
         # one-entry cache of the last destination converted to a sockaddr

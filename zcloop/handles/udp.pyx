@@ -192,7 +192,6 @@ cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, objec
     t._queue = collections.deque()
     t._inflight = set()
     t._send_errors = []
-    t._context = PyContext_CopyCurrent()
     t._zc_threshold = loop.zc_threshold
     t._send_flags = MSG_NOSIGNAL
     if t._family != AF_INET and t._family != AF_INET6:
@@ -326,7 +325,12 @@ cdef class DatagramTransport(RingTransport):
             return
 
         op = _DgramSend.__new__(_DgramSend)
-        if self._connected:
+        if self._connected or (addr is None and self._extra['peername'] is not None):
+            # No address: to the connected peer.  An unnamed one (the other
+            # end of an AF_UNIX socketpair) reads as '', which _connected
+            # (as asyncio) takes for "not connected"; the kernel knows the
+            # peer, so send there as uvloop does (asyncio fails the
+            # transport with TypeError; docs/design.md).
             op.addrlen = 0
         elif self._last_addr is not None and addr == self._last_addr:
             memcpy(&op.addr, &self._last_ss, sizeof(sockaddr_storage))
