@@ -845,3 +845,39 @@ def test_protocol_stdin_hangup(loop_factory, size):
     else:
         assert type(exc) is BrokenPipeError and exc.args == ()
     assert buffered == 0 and out == b'closed\n'
+
+
+# ----------------------------------------------------------------------
+# Blocking-call detectors
+
+
+@pytest.mark.parametrize('scenario', ['subprocess_exec', 'subprocess_shell',
+                                      'create_unix_server'])
+def test_no_blocking_call_flagged(loop_factory, scenario, tmp_path):
+    """blockbuster (anyio's and aiohttp's suites run under it) flags blocking
+    calls made while a loop runs, except under asyncio's own functions:
+    Popen's read of the exec-status pipe under subprocess_exec/_shell, the
+    stale-socket stat under create_unix_server.  zcloop runs asyncio's
+    subprocess_exec/_shell and stats the socket path on the ring: nothing
+    is flagged on either loop."""
+    blockbuster = pytest.importorskip('blockbuster')
+
+    async def main():
+        if scenario == 'create_unix_server':
+            server = await asyncio.start_unix_server(lambda r, w: w.close(),
+                                                     str(tmp_path / 'sock'))
+            server.close()
+            await server.wait_closed()
+            return None
+        if scenario == 'subprocess_exec':
+            proc = await asyncio.create_subprocess_exec(
+                PY, '-c', 'print("child")', stdout=subprocess.PIPE)
+        else:
+            proc = await asyncio.create_subprocess_shell(
+                'echo child', stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        return out, proc.returncode
+
+    with blockbuster.blockbuster_ctx():
+        result = _run(loop_factory, main)
+    assert result == (None if scenario == 'create_unix_server' else (b'child\n', 0))
