@@ -11,6 +11,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -881,3 +882,22 @@ def test_no_blocking_call_flagged(loop_factory, scenario, tmp_path):
     with blockbuster.blockbuster_ctx():
         result = _run(loop_factory, main)
     assert result == (None if scenario == 'create_unix_server' else (b'child\n', 0))
+
+
+def test_debug_logs_subprocess(loop_factory, caplog):
+    """In debug mode asyncio logs the program and its pipes before the
+    spawn, and the transport after it."""
+    async def main():
+        asyncio.get_running_loop().set_debug(True)
+        proc = await asyncio.create_subprocess_exec(PY, '-c', 'pass', stdout=subprocess.PIPE)
+        await proc.communicate()
+        proc = await asyncio.create_subprocess_shell('true', stdin=subprocess.PIPE)
+        await proc.communicate()
+
+    with caplog.at_level(logging.DEBUG, logger='asyncio'):
+        _run(loop_factory, main)
+    logged = [r.getMessage() for r in caplog.records
+              if 'execute program' in r.getMessage() or 'run shell command' in r.getMessage()]
+    assert [m.split(':')[0] for m in logged] == [
+        f'execute program {PY!r} stdout=<pipe>', f'execute program {PY!r}',
+        "run shell command 'true' stdin=<pipe>", "run shell command 'true'"], logged
