@@ -279,6 +279,34 @@ def test_read_pipe_socket(loop_factory):
         b'over a socket', -1)
 
 
+def test_read_pipe_read_error(loop_factory):
+    """A read error other than EIO (here a TCP reset on a socket used as a
+    read pipe) goes to the exception handler as 'Fatal read error on pipe
+    transport', then connection_lost(exc), as asyncio's read pipe does."""
+    import socket
+    import struct
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors = []
+        loop.set_exception_handler(lambda _l, ctx: errors.append(ctx))
+        with socket.create_server(('127.0.0.1', 0)) as lsock:
+            a = socket.create_connection(lsock.getsockname())
+            b, _ = lsock.accept()
+        transport, proto = await loop.connect_read_pipe(Recorder, a)
+        await asyncio.sleep(0)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        b.close()                       # RST
+        exc = await proto.lost
+        return (type(exc), proto.events[:-1],
+                [(c['message'], type(c['exception']), c['transport'] is transport)
+                 for c in errors])
+
+    assert _run(loop_factory, main) == (
+        ConnectionResetError, ['connection_made'],
+        [('Fatal read error on pipe transport', ConnectionResetError, True)])
+
+
 # ----------------------------------------------------------------------
 # Write pipes
 

@@ -51,6 +51,20 @@ cdef class ReadPipeTransport(StreamTransport):
             info.append('idle')
         return '<{}>'.format(' '.join(info))
 
+    cdef _fatal_error(self, object exc, str message):
+        # asyncio's read pipe reports every error to the exception handler
+        # but EIO, which is how a pty's master sees the slave hang up.
+        if isinstance(exc, OSError) and exc.errno != errno_mod.EIO:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+            self._force_close(exc)
+            return
+        StreamTransport._fatal_error(self, exc, message)
+
     cdef _on_eof(self):
         # The writer closed its end.
         if self._loop._debug:
