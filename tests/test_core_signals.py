@@ -443,3 +443,112 @@ def test_signal_burst_none_lost(mod, runner, sig):
         assert per_burst == [n] * bursts
     else:
         assert all(1 <= k <= n for k in per_burst), per_burst
+
+
+# A Python child on its own loop, stopped with SIGINT by a parent that runs
+# on the loop under test (uvloop's test_signals_sigint_* scenarios): the
+# parent waits for a line, sends SIGINT, communicate()s.  The child runs
+# the same kind of loop as the parent.  Run under pytest-timeout's SIGALRM,
+# with a SIGCHLD handler on the parent's loop (asyncio's 3.11 SafeChildWatcher
+# does that in uvloop's AIO test case) so both loops' signal handling and
+# wakeup fds are in play.
+_CHILD_LOOP = {"asyncio": "asyncio.SelectorEventLoop()", "zcloop": "zcloop.new_event_loop()"}
+
+_SIGINT_CHILDREN = {
+    # Blocked in Python code inside a callback: KeyboardInterrupt from there.
+    "blocking-callback-stop": """
+async def work():
+    print("ready", flush=True)
+    time.sleep(60)
+try:
+    loop.run_until_complete(work())
+finally:
+    loop.close()
+""",
+    # The callback catches it, and the loop goes on to a clean finish.
+    "blocking-callback-continue": """
+async def work():
+    print("ready", flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("caught", flush=True)
+    await asyncio.sleep(0.05)
+    print("done", flush=True)
+try:
+    loop.run_until_complete(work())
+finally:
+    loop.close()
+""",
+    # Waiting in the loop with a listening server; the finally closes it on
+    # the same loop after the KeyboardInterrupt.
+    "waiting-loop": """
+srv = None
+async def work():
+    global srv
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    print("ready", flush=True)
+loop.create_task(work())
+try:
+    loop.run_forever()
+finally:
+    srv.close()
+    loop.run_until_complete(srv.wait_closed())
+    loop.close()
+""",
+    # The same after a first run_until_complete() on that loop.
+    "waiting-loop-second-run": """
+srv = None
+async def work():
+    global srv
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+loop.run_until_complete(work())
+print("ready", flush=True)
+try:
+    loop.run_forever()
+finally:
+    srv.close()
+    loop.run_until_complete(srv.wait_closed())
+    loop.close()
+""",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("child", list(_SIGINT_CHILDREN))
+def test_sigint_to_child_of_loop(loop_factory, child):
+    kind = "zcloop" if loop_factory is not asyncio.SelectorEventLoop else "asyncio"
+    code = ("import asyncio, time, zcloop\n"
+            f"loop = {_CHILD_LOOP[kind]}\n"
+            "asyncio.set_event_loop(loop)\n" + _SIGINT_CHILDREN[child])
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    async def parent():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env)
+        try:
+            first = await asyncio.wait_for(proc.stdout.readline(), 20)
+            time.sleep(0.1)         # as uvloop's test: the loop thread blocks
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return first, out, err, proc.returncode
+
+    loop = loop_factory()
+    loop.add_signal_handler(signal.SIGCHLD, lambda: None)
+    try:
+        first, out, err, rc = loop.run_until_complete(parent())
+    finally:
+        loop.remove_signal_handler(signal.SIGCHLD)
+        loop.close()
+    err = err.decode()
+    assert first == b"ready\n", err
+    if child == "blocking-callback-continue":
+        assert (out, rc) == (b"caught\ndone\n", 0), err
+    else:
+        assert out == b"", err
+        assert rc == -signal.SIGINT and err.rstrip().endswith("KeyboardInterrupt"), err

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -543,7 +544,8 @@ def test_loop_closes_with_process_running(loop_factory):
     finally:
         loop.close()
     assert loop.is_closed()
-    assert (pid, 'S') in _children()
+    # Still running ('R' while a loaded machine has not yet put it to sleep).
+    assert any(p == pid and state in ('R', 'S') for p, state in _children())
     os.kill(pid, signal.SIGKILL)
     # Reap it (asyncio's watcher thread may get there first).
     deadline = TIMEOUT * 100
@@ -845,3 +847,64 @@ def test_protocol_stdin_hangup(loop_factory, size):
     else:
         assert type(exc) is BrokenPipeError and exc.args == ()
     assert buffered == 0 and out == b'closed\n'
+
+
+# ----------------------------------------------------------------------
+# Blocking-call detectors
+
+
+@pytest.mark.parametrize('scenario', ['subprocess_exec', 'subprocess_shell',
+                                      'create_unix_server'])
+def test_no_blocking_call_flagged(loop_factory, scenario, tmp_path, request):
+    """blockbuster (anyio's and aiohttp's suites run under it) flags blocking
+    calls made while a loop runs, except under asyncio's own functions:
+    Popen's read of the exec-status pipe under subprocess_exec/_shell, the
+    stale-socket stat under create_unix_server.  zcloop runs asyncio's
+    subprocess_exec/_shell and stats the socket path on the ring: nothing
+    is flagged on either loop."""
+    blockbuster = pytest.importorskip('blockbuster')
+    if scenario == 'create_unix_server' and sys.version_info >= (3, 13) and \
+            loop_factory is LOOPS['zcloop']:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "3.13's cleanup_socket: zcloop's Server.close() stats and unlinks the "
+            "path synchronously (asyncio's does too, but under its _stop_serving, "
+            "which blockbuster forgives); docs/design.md")))
+
+    async def main():
+        if scenario == 'create_unix_server':
+            server = await asyncio.start_unix_server(lambda r, w: w.close(),
+                                                     str(tmp_path / 'sock'))
+            server.close()
+            await server.wait_closed()
+            return None
+        if scenario == 'subprocess_exec':
+            proc = await asyncio.create_subprocess_exec(
+                PY, '-c', 'print("child")', stdout=subprocess.PIPE)
+        else:
+            proc = await asyncio.create_subprocess_shell(
+                'echo child', stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        return out, proc.returncode
+
+    with blockbuster.blockbuster_ctx():
+        result = _run(loop_factory, main)
+    assert result == (None if scenario == 'create_unix_server' else (b'child\n', 0))
+
+
+def test_debug_logs_subprocess(loop_factory, caplog):
+    """In debug mode asyncio logs the program and its pipes before the
+    spawn, and the transport after it."""
+    async def main():
+        asyncio.get_running_loop().set_debug(True)
+        proc = await asyncio.create_subprocess_exec(PY, '-c', 'pass', stdout=subprocess.PIPE)
+        await proc.communicate()
+        proc = await asyncio.create_subprocess_shell('true', stdin=subprocess.PIPE)
+        await proc.communicate()
+
+    with caplog.at_level(logging.DEBUG, logger='asyncio'):
+        _run(loop_factory, main)
+    logged = [r.getMessage() for r in caplog.records
+              if 'execute program' in r.getMessage() or 'run shell command' in r.getMessage()]
+    assert [m.split(':')[0] for m in logged] == [
+        f'execute program {PY!r} stdout=<pipe>', f'execute program {PY!r}',
+        "run shell command 'true' stdin=<pipe>", "run shell command 'true'"], logged

@@ -21,6 +21,53 @@ def _make_ssl_transport(RingLoop loop, rawsock, protocol, sslcontext, waiter=Non
     return ssl_protocol._app_transport
 
 
+cdef class _PathOp(_FutureOp):
+    # STATX or UNLINKAT of a path on the ring (create_unix_server): a stat of
+    # a socket path can block (network filesystems), and tools that flag
+    # blocking calls in the loop thread only forgive asyncio's own frames.
+    # The kernel reads `path` and fills `buf` until the final CQE.
+    cdef bytes path
+    cdef object filename
+    cdef statx buf
+
+    cdef object _result(self, int32_t res):
+        return self.buf.stx_mode, self.buf.stx_ino
+
+    cdef object _error(self, int32_t res):
+        # os.stat()'s exception: FileNotFoundError etc., with the filename.
+        return OSError(-res, os.strerror(-res), self.filename)
+
+
+async def _ring_stat(RingLoop loop, path):
+    """(st_mode, st_ino) of path, as os.stat() (which it is without STATX)."""
+    cdef _PathOp op
+    cdef io_uring_sqe *sqe
+    if not loop._op_ok(IORING_OP_STATX):
+        st = os.stat(path)
+        return st.st_mode, st.st_ino
+    op = _PathOp()
+    op.path = os.fsencode(path)
+    op.filename = path
+    sqe = loop._sqe()
+    io_uring_prep_statx(sqe, AT_FDCWD, op.path, 0, STATX_TYPE | STATX_INO, &op.buf)
+    return await op._track_future(loop, sqe)
+
+
+async def _ring_unlink(RingLoop loop, path):
+    """os.remove(path) on the ring."""
+    cdef _PathOp op
+    cdef io_uring_sqe *sqe
+    if not loop._op_ok(IORING_OP_UNLINKAT):
+        os.remove(path)
+        return
+    op = _PathOp()
+    op.path = os.fsencode(path)
+    op.filename = path
+    sqe = loop._sqe()
+    io_uring_prep_unlinkat(sqe, AT_FDCWD, op.path, 0)
+    await op._track_future(loop, sqe)
+
+
 # asyncio's "error while attempting to bind on address ...: <detail>"
 # (create_connection's local_addr, create_server): the detail is the
 # OSError's strerror up to 3.12, its whole str() ("[errno 98] address
@@ -453,17 +500,19 @@ class _StreamsAPI:
             if sock is not None:
                 raise ValueError('path and sock can not be specified at the same time')
             path = os.fspath(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            # Remove a stale socket file (not for abstract addresses).
+            # Remove a stale socket file (not for abstract addresses).  On
+            # the ring, before the socket exists: nothing to close if this
+            # task is cancelled meanwhile.
             if path[0] not in (0, '\x00'):
                 try:
-                    if stat.S_ISSOCK(os.stat(path).st_mode):
-                        os.remove(path)
+                    if stat.S_ISSOCK((await _ring_stat(self, path))[0]):
+                        await _ring_unlink(self, path)
                 except FileNotFoundError:
                     pass
                 except OSError as err:
                     logger.error('Unable to check or remove stale UNIX socket %r: %r',
                                  path, err)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
             except OSError as exc:
@@ -484,9 +533,14 @@ class _StreamsAPI:
             sockname = sock.getsockname()
             if sockname and sockname[0] not in (0, '\x00'):
                 try:
-                    (<RingLoop>self)._unix_server_sockets[sock] = os.stat(sockname).st_ino
+                    (<RingLoop>self)._unix_server_sockets[sock] = \
+                        (await _ring_stat(self, sockname))[1]
                 except (FileNotFoundError, TypeError):
                     pass
+                except BaseException:
+                    if path is not None:
+                        sock.close()        # ours: cancelled during the stat
+                    raise
         sock.setblocking(False)
         server = Server(self, [sock], protocol_factory, ssl, backlog,
                         ssl_handshake_timeout, ssl_shutdown_timeout)

@@ -1,5 +1,5 @@
 cdef class ReadPipeTransport(StreamTransport):
-    pass
+    cdef _fatal_error(self, object exc, str message)
 
 
 cdef class _PipeHangupOp(UringOp):

@@ -31,6 +31,39 @@ cdef class ReadPipeTransport(StreamTransport):
         _init_pipe(self, loop, pipe, protocol, waiter, extra, True)
         _start_reading_after(loop, self, waiter)
 
+    def __repr__(self):
+        # asyncio's words: 'polling' while it has a reader registered (from
+        # the first read until pause, close or EOF); a closed one says
+        # 'closed' twice, as asyncio's does.
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._fd}')
+        if self._sock is None:
+            info.append('closed')
+        elif (self._recv_op is not None and not self._closing and not self._paused
+              and not self._read_eof):
+            info.append('polling')
+        else:
+            info.append('idle')
+        return '<{}>'.format(' '.join(info))
+
+    cdef _fatal_error(self, object exc, str message):
+        # asyncio's read pipe reports every error to the exception handler
+        # but EIO, which is how a pty's master sees the slave hang up.
+        if isinstance(exc, OSError) and exc.errno != errno_mod.EIO:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+            self._force_close(exc)
+            return
+        StreamTransport._fatal_error(self, exc, message)
+
     cdef _on_eof(self):
         # The writer closed its end.
         if self._loop._debug:
@@ -92,11 +125,35 @@ cdef class WritePipeTransport(StreamTransport):
         self._hup_ud = loop._track(self._hup_op)
         io_uring_sqe_set_data64(sqe, self._hup_ud)
 
+    def __repr__(self):
+        # asyncio's words: 'polling' while it has a writer registered, which
+        # is while anything is buffered.
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._fd}')
+        if self._sock is None:
+            info.append('closed')
+        else:
+            info.append('polling' if self._buffer_size() else 'idle')
+            info.append(f'bufsize={self._buffer_size()}')
+        return '<{}>'.format(' '.join(info))
+
     def write(self, data):
-        if self._conn_lost or self._closing:
+        cdef Py_ssize_t n
+        cdef ssize_t done
+        cdef int err
+        if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f'data argument must be a bytes-like object, '
                                 f'not {type(data).__name__!r}')
+            data = bytes(data)      # the caller may reuse its buffer
+        n = PyBytes_GET_SIZE(data)
+        if n == 0:
+            return
+        if self._conn_lost or self._closing:
             # After write_eof()/close() asyncio drops the data.  _conn_lost
             # must stay 0 until the connection is lost: the queue still has
             # to drain, and the stream machinery stops on _conn_lost.
@@ -106,7 +163,24 @@ cdef class WritePipeTransport(StreamTransport):
                                    'exception.')
                 self._conn_lost += 1
             return
-        StreamTransport.write(self, data)
+        if self._send_op is not None or self._queue_bytes:
+            StreamTransport.write(self, data)       # behind what is queued
+            return
+        # Nothing buffered: write(2) now, as asyncio does, so the bytes are
+        # in the pipe when write() returns (a reader in this thread, or
+        # write(); close(); loop.close(), sees them).  The fd is non-blocking.
+        done = write(self._fd, PyBytes_AS_STRING(data), n)
+        if done < 0:
+            err = errno
+            if err != EAGAIN and err != EINTR:
+                self._fatal_error(_send_error(-err), 'Fatal write error on pipe transport')
+                return
+            done = 0
+        self._st_inline_sends += 1
+        self._st_copy_bytes += done
+        if done < n:
+            self._queue_offset = done
+            self._enqueue(data, n - done)
 
     def write_eof(self):
         # Closing the write end is the pipe's EOF.

@@ -370,7 +370,8 @@ cdef class StreamTransport(RingTransport):
             self._start_reading()
         else:
             exc = OSError(-res, os.strerror(-res))
-            self._fatal_error(exc, 'Fatal read error on socket transport')
+            self._fatal_error(exc, 'Fatal read error on pipe transport' if self._is_pipe
+                              else 'Fatal read error on socket transport')
 
     cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1:
         cdef Py_buffer view

@@ -27,6 +27,18 @@ cdef extern from "<sys/socket.h>":
         int msg_flags
 
 
+cdef extern from "<sys/stat.h>":
+    # glibc's (_GNU_SOURCE, which Python.h defines); IORING_OP_STATX fills it.
+    struct statx:
+        uint16_t stx_mode
+        uint64_t stx_ino
+    unsigned STATX_TYPE, STATX_INO
+
+
+cdef extern from "<fcntl.h>":
+    int AT_FDCWD
+
+
 cdef extern from "compat.h" nogil:
     struct io_uring_sqe:
         uint8_t opcode
@@ -118,6 +130,9 @@ cdef extern from "compat.h" nogil:
     void io_uring_prep_accept(io_uring_sqe *sqe, int fd, sockaddr *addr, socklen_t *addrlen, int flags)
     void io_uring_prep_multishot_accept(io_uring_sqe *sqe, int fd, sockaddr *addr, socklen_t *addrlen, int flags)
     void io_uring_prep_connect(io_uring_sqe *sqe, int fd, const sockaddr *addr, socklen_t addrlen)
+    void io_uring_prep_statx(io_uring_sqe *sqe, int dfd, const char *path, int flags,
+                             unsigned mask, statx *statxbuf)
+    void io_uring_prep_unlinkat(io_uring_sqe *sqe, int dfd, const char *path, int flags)
     void io_uring_prep_send(io_uring_sqe *sqe, int sockfd, const void *buf, size_t len, int flags)
     void io_uring_prep_sendmsg(io_uring_sqe *sqe, int fd, const msghdr *msg, unsigned flags)
     void io_uring_prep_send_zc(io_uring_sqe *sqe, int sockfd, const void *buf, size_t len, int flags, unsigned zc_flags)
@@ -193,6 +208,8 @@ cdef extern from "compat.h" nogil:
     int IORING_OP_SENDMSG_ZC
     int IORING_OP_READ_MULTISHOT
     int IORING_OP_WAITID
+    int IORING_OP_STATX
+    int IORING_OP_UNLINKAT
     int IORING_OP_LAST
 
 cdef extern from "compat.h" nogil:
