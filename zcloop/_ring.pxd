@@ -151,3 +151,4 @@ cdef class RingLoop:
     cdef _zc_unreserve(self, Py_ssize_t nbytes)
     cdef _schedule_poll(self, _FdWatcher watcher)
     cdef _arm_poll(self, _FdWatcher watcher)
+    cdef _FdWatcher _lookup_watcher(self, fileobj)
