@@ -197,3 +197,34 @@ def test_cancel_sock_sendto_sends_nothing(run):
     assert run(main) is True
 
 
+def test_cancel_sock_connect_then_connect_again(run):
+    """A connect() blocks while the listener's accept queue is full (the
+    SYN is dropped and retried).  After cancelling sock_connect() the
+    connection attempt goes on in the kernel; a new sock_connect() waits for
+    it (connect() says EALREADY) instead of failing."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        conns = []
+
+        async def accept_all(lsock):
+            while True:
+                conns.append((await loop.sock_accept(lsock))[0])
+
+        with socket.socket() as lsock:
+            lsock.bind(('127.0.0.1', 0))
+            lsock.listen(0)
+            lsock.setblocking(False)
+            addr = lsock.getsockname()
+            with socket.create_connection(addr) as queued, socket.socket() as s:
+                s.setblocking(False)
+                await _blocked(loop.sock_connect(s, addr))
+                acceptor = asyncio.ensure_future(accept_all(lsock))
+                try:
+                    # The SYN is retried after about a second.
+                    await asyncio.wait_for(loop.sock_connect(s, addr), 30)
+                    return s.getpeername() == addr
+                finally:
+                    acceptor.cancel()
+                    for conn in conns:
+                        conn.close()
+    assert run(main) is True

@@ -86,7 +86,17 @@ class _StreamsAPI:
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto)
             _, _, _, _, address = resolved[0]
-        return await ring_connect(<RingLoop>self, sock, address)
+        try:
+            return await ring_connect(<RingLoop>self, sock, address)
+        except (BlockingIOError, InterruptedError):
+            # EALREADY: a connect() is already under way (one whose
+            # sock_connect() was cancelled): wait for its outcome, as asyncio.
+            pass
+        fd = sock.fileno()
+        await wait_fd(<RingLoop>self, fd, POLLOUT)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f'Connect call failed {address}')
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock.
