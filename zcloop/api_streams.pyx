@@ -88,10 +88,11 @@ class _StreamsAPI:
             _, _, _, _, address = resolved[0]
         try:
             return await ring_connect(<RingLoop>self, sock, address)
-        except (BlockingIOError, InterruptedError):
-            # EALREADY: a connect() is already under way (one whose
-            # sock_connect() was cancelled): wait for its outcome, as asyncio.
-            pass
+        except BlockingIOError as exc:
+            if exc.errno != EALREADY:
+                raise
+            # A connect() is already under way (one whose sock_connect() was
+            # cancelled): wait for its outcome, as asyncio does.
         fd = sock.fileno()
         await wait_fd(<RingLoop>self, fd, POLLOUT)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
