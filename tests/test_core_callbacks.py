@@ -698,3 +698,22 @@ def test_base_exception_from_exception_handler_propagates(loop, exc):
     with pytest.raises(exc):
         loop.run_forever()
     assert not loop.is_running()
+
+
+
+def test_handles_are_weak_referenceable(loop):
+    """asyncio's Handle and TimerHandle are plain Python objects: libraries
+    keep weak references to them (weakref.ref, WeakSet, WeakValueDictionary)."""
+    import gc
+    import weakref
+    handles = [loop.call_soon(lambda: None), loop.call_later(10, lambda: None),
+               loop.call_at(loop.time() + 10, lambda: None)]
+    refs = [weakref.ref(h) for h in handles]
+    assert [r() for r in refs] == handles
+    assert len(weakref.WeakSet(handles)) == 3
+    for h in handles[1:]:
+        h.cancel()
+    loop.run_until_complete(asyncio.sleep(0))   # runs the call_soon handle
+    del h, handles
+    gc.collect()
+    assert refs[0]() is None

@@ -548,3 +548,112 @@ def test_writer_added_while_reader_armed(loop, sockpair):
     run_until(loop, lambda: reads)
     assert reads == [b"r"]
     loop.remove_reader(a)
+
+
+def _fill_send_buffer(sock):
+    while True:
+        try:
+            sock.send(b'\0' * 65536)
+        except BlockingIOError:
+            return
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+def test_remove_after_socket_closed(loop, kind):
+    """anyio's socket streams: a future waits through add_reader()/
+    add_writer() on a socket object, another task closes the socket, and the
+    waiter's cleanup calls remove_*() with the closed object.  asyncio finds
+    the registration by the object (selectors' identity lookup), removes it
+    and returns True; nothing calls the stale callback afterwards."""
+    add = loop.add_reader if kind == "reader" else loop.add_writer
+    remove = loop.remove_reader if kind == "reader" else loop.remove_writer
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    if kind == "writer":
+        _fill_send_buffer(a)
+
+    async def main():
+        fut = loop.create_future()
+        add(a, fut.set_result, None)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        a.close()
+        removed = remove(a)
+        # Not registered any more: the closed object has no fd to look up.
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            remove(a)
+        # Wake any poll still watching the closed socket.
+        while _drain_nowait(b):
+            pass
+        b.close()
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        done = fut.done()
+        fut.cancel()
+        return removed, done
+
+    try:
+        assert loop.run_until_complete(main()) == (True, False)
+    finally:
+        b.close()
+    assert errors == []
+
+
+def _drain_nowait(sock):
+    try:
+        return sock.recv(1 << 20)
+    except BlockingIOError:
+        return b''
+
+
+def test_remove_closed_socket_never_registered(loop):
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
+    for meth in (loop.remove_reader, loop.remove_writer):
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            meth(a)
+
+
+def test_add_closed_socket_object(loop):
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
+    for meth in (loop.add_reader, loop.add_writer):
+        with pytest.raises(ValueError, match="^Invalid file descriptor: -1$"):
+            meth(a, lambda: None)
+
+
+@pytest.mark.timeout(60)
+def test_sock_recv_pending_socket_closed(loop):
+    """The same with a pending sock_recv(): asyncio registers its reader by
+    fd number, so remove_reader() of the closed object finds nothing and
+    raises; cancelling the call then leaves nothing behind that fires."""
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 10))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        a.close()
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            loop.remove_reader(a)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        b.close()
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        b.close()
+    assert errors == []

@@ -18,7 +18,6 @@ include "handles/transport.pxd"
 include "handles/stream.pxd"
 include "handles/server.pxd"
 include "handles/pipe.pxd"
-include "handles/sockops.pxd"
 include "handles/pollwait.pxd"
 include "handles/udp.pxd"
 include "sslproto.pxd"
@@ -157,3 +156,4 @@ cdef class RingLoop:
     cdef _zc_nomem(self, Py_ssize_t held)
     cdef _schedule_poll(self, _FdWatcher watcher)
     cdef _arm_poll(self, _FdWatcher watcher)
+    cdef _FdWatcher _lookup_watcher(self, fileobj)

@@ -139,7 +139,6 @@ include "handles/transport.pyx"
 include "handles/stream.pyx"
 include "handles/server.pyx"
 include "handles/pipe.pyx"
-include "handles/sockops.pyx"
 include "handles/pollwait.pyx"
 include "handles/udp.pyx"
 include "sslproto.pyx"
@@ -1364,7 +1363,7 @@ cdef class RingLoop:
     cdef _arm_poll(self, _FdWatcher watcher):
         cdef uint32_t mask = watcher.wanted_mask()
         cdef io_uring_sqe *sqe
-        if mask == watcher.armed_mask:
+        if mask == watcher.armed_mask and mask:
             return
         if watcher.armed_ud:
             # Replace the poll in flight; its CQE becomes stale.
@@ -1374,6 +1373,7 @@ cdef class RingLoop:
             watcher.armed_ud = 0
             watcher.armed_mask = 0
         if mask == 0:
+            watcher.fileobj = None
             if self._fd_watchers.get(watcher.fd) is watcher:
                 del self._fd_watchers[watcher.fd]
             return
@@ -1396,10 +1396,10 @@ cdef class RingLoop:
             raise RuntimeError(
                 f'File descriptor {fd!r} is used by transport {transport!r}')
 
-    def _add_fd_callback(self, fd, bint writer, callback, args):
+    def _add_fd_callback(self, fileobj, bint writer, callback, args):
         cdef _FdWatcher watcher
         self._check_closed()
-        fd = _fileobj_to_fd(fd)
+        fd = _fileobj_to_fd(fileobj)
         self._ensure_fd_no_transport(fd)
         if fd not in self._fd_watchers:
             # Fail now on an fd that isn't open, as epoll_ctl() does in
@@ -1408,6 +1408,7 @@ cdef class RingLoop:
         cdef Handle handle = new_handle(self, callback, args if args else None, None)
         handle._context = PyContext_CopyCurrent()
         watcher = self._fd_watcher(fd)
+        watcher.fileobj = fileobj
         old = watcher.writer if writer else watcher.reader
         if writer:
             watcher.writer = handle
@@ -1418,12 +1419,27 @@ cdef class RingLoop:
         self._schedule_poll(watcher)
         return handle
 
-    def _remove_fd_callback(self, fd, bint writer):
+    cdef _FdWatcher _lookup_watcher(self, fileobj):
+        """The watcher of fileobj's fd, or None.  A file object that has no
+        valid fd any more (a socket closed while watched) is found by
+        identity, as selectors' _fileobj_lookup does; ValueError if not.
+        (A watcher left with no handles is unregistered, even if its poll is
+        removed only at the next flush.)"""
+        cdef _FdWatcher watcher
+        try:
+            fd = _fileobj_to_fd(fileobj)
+        except ValueError:
+            for watcher in self._fd_watchers.values():
+                if watcher.fileobj is fileobj and watcher.wanted_mask():
+                    return watcher
+            raise
+        return self._fd_watchers.get(fd)
+
+    def _remove_fd_callback(self, fileobj, bint writer):
         cdef _FdWatcher watcher
         if self.is_closed():
             return False
-        fd = _fileobj_to_fd(fd)
-        watcher = self._fd_watchers.get(fd)
+        watcher = self._lookup_watcher(fileobj)
         if watcher is None:
             return False
         old = watcher.writer if writer else watcher.reader
@@ -1434,6 +1450,8 @@ cdef class RingLoop:
         else:
             watcher.reader = None
         old.cancel()
+        # The poll in flight is removed (or narrowed) before the next
+        # io_uring_enter; until then its CQE finds no handle to call.
         self._schedule_poll(watcher)
         return True
 

@@ -133,7 +133,18 @@ class _StreamsAPI:
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto)
             _, _, _, _, address = resolved[0]
-        return await ring_connect(<RingLoop>self, sock, address)
+        try:
+            return await ring_connect(<RingLoop>self, sock, address)
+        except BlockingIOError as exc:
+            if exc.errno != EALREADY:
+                raise
+            # A connect() is already under way (one whose sock_connect() was
+            # cancelled): wait for its outcome, as asyncio does.
+        fd = sock.fileno()
+        await wait_fd(<RingLoop>self, fd, POLLOUT)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f'Connect call failed {address}')
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock.
@@ -179,11 +190,33 @@ class _StreamsAPI:
             await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_sendall(self, sock, data):
-        """Send all of data (IORING_OP_SEND with MSG_WAITALL)."""
+        """Send all of data with non-blocking send() calls, waiting for
+        POLLOUT on the ring while the socket buffer is full.
+
+        Not a ring SEND: a request in flight when the task is cancelled could
+        go on sending.  As with asyncio, a cancelled sock_sendall() has sent
+        a prefix of data and sends nothing more.
+        """
         _check_ssl_socket(sock)
         if (<RingLoop>self)._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
-        return await ring_sendall(<RingLoop>self, sock, data)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        view = memoryview(data)
+        if sent == view.nbytes:
+            return
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        if view.itemsize != 1:
+            view = view.cast('B')       # send() counts bytes
+        while sent < len(view):
+            await wait_fd(<RingLoop>self, fd, POLLOUT)
+            try:
+                sent += sock.send(view[sent:])
+            except (BlockingIOError, InterruptedError):
+                pass
 
     async def _connect_sock(self, exceptions, addr_info, local_addr_infos=None):
         """Create, bind and connect one socket."""

@@ -7,6 +7,8 @@ cdef class Handle:
         bint _cancelled
         object _repr
         readonly object _source_traceback
+        # asyncio's handles are weak-referenceable (plain Python objects).
+        object __weakref__
 
     cdef _run(self)
     cdef _set_source_traceback(self)

@@ -17,6 +17,7 @@ cdef class _SignalRead(UringOp):
 cdef class _FdWatcher(UringOp):
     cdef:
         int fd
+        object fileobj
         Handle reader
         Handle writer
         uint64_t armed_ud

@@ -35,6 +35,9 @@ cdef class _FdWatcher(UringOp):
     # like a selector).
     # armed_ud: user_data of the poll in flight (0 if none); queued: the
     # watcher sits in loop._pending_polls waiting to be (re-)armed.
+    # fileobj: the object last passed to add_*(), so remove_*() still finds
+    # the registration once that object is closed (fileno() == -1), as
+    # selectors do.
 
     cdef uint32_t wanted_mask(self):
         cdef uint32_t mask = 0
