@@ -5,6 +5,8 @@
 #
 # * the raw StreamTransport hands received ciphertext straight to _feed()
 #   (no get_buffer()/buffer_updated() round trip, no intermediate copy);
+#   any other transport, such as the app transport of an outer TLS session
+#   (TLS inside TLS), calls data_received() or get_buffer()/buffer_updated();
 # * plaintext is decrypted straight into the bytes object handed to the app;
 # * the SSL object's C methods are called directly, and a read loop stops
 #   when the incoming BIO is empty instead of provoking SSLWantReadError.
@@ -283,6 +285,12 @@ cdef class SSLProtocol:
 
     def buffer_updated(self, nbytes):
         self._incoming_write(self._read_view()[:nbytes])
+        self._on_incoming()
+
+    def data_received(self, data):
+        # A transport that hands over bytes: an outer TLS transport, when
+        # this session runs inside another (start_tls() on a TLS transport).
+        self._incoming_write(data)
         self._on_incoming()
 
     cdef _feed(self, const char *data, Py_ssize_t n):
