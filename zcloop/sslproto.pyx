@@ -460,6 +460,13 @@ cdef class SSLProtocol:
         if shutdown_exc:
             self._fatal_error(shutdown_exc, 'Fatal error on transport')
         else:
+            # What the BIO still holds because the transport below paused our
+            # writing (app data, our close_notify) goes out ahead of the
+            # close: zcloop's transports drop writes made after close(),
+            # where asyncio's still take them from resume_writing() while
+            # their buffer drains.
+            if self._outgoing.pending:
+                self._transport_write(self._outgoing_read())
             self._loop._call_soon(self._transport.close, None, None)
 
     cdef _abort(self, object exc):
