@@ -5,6 +5,7 @@ first).  The same scenarios on asyncio's SelectorEventLoop and on zcloop."""
 import asyncio
 import os
 import ssl
+import sys
 
 import pytest
 
@@ -257,3 +258,48 @@ def test_start_tls_refuses_pipe_transport(loop_factory, certs):
                 tr.close()
                 await asyncio.sleep(0)
     run(loop_factory, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('tunnel', ['garbage', 'closes', 'silent'])
+def test_start_tls_over_tls_handshake_failure(loop_factory, certs, tunnel):
+    """The inner handshake fails inside a live outer session: the far end
+    answers with something that is not TLS, closes, or says nothing until
+    the handshake times out.  start_tls() raises what asyncio 3.13 raises;
+    the outer session is torn down with the inner one."""
+    if not loop_factory.is_zcloop and sys.version_info < (3, 13):
+        # asyncio before 3.13 calls SSLProtocol._abort() with an argument it
+        # does not take when the inner session fails (TypeError; the
+        # timeout case hangs); zcloop does as 3.13.
+        pytest.skip('asyncio < 3.13: nested TLS failures raise TypeError')
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class Tunnel(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                if tunnel == 'garbage':
+                    self.transport.write(b'HTTP/1.1 400 Bad Request\r\n\r\n')
+                elif tunnel == 'closes':
+                    self.transport.close()
+
+        srv = await loop.create_server(Tunnel, '127.0.0.1', 0, ssl=certs['proxy'])
+        tr, pr = await loop.create_connection(
+            Recorder, '127.0.0.1', srv.sockets[0].getsockname()[1],
+            ssl=certs['proxy_client'], server_hostname='localhost')
+        inner = Recorder()
+        with pytest.raises(Exception) as info:
+            await loop.start_tls(tr, inner, certs['origin_client'], server_hostname='localhost',
+                                 ssl_handshake_timeout=0.5)
+        srv.close()
+        await srv.wait_closed()
+        return type(info.value), inner.events, pr.events, tr.is_closing()
+
+    exc_type, inner_events, outer_events, closing = run(loop_factory, main)
+    assert exc_type is {'garbage': ssl.SSLError, 'closes': ConnectionResetError,
+                        'silent': ConnectionAbortedError}[tunnel]
+    # asyncio 3.13 tells the inner protocol connection_lost() when the far
+    # end failed the handshake, not when it timed out.
+    assert inner_events == ([] if tunnel == 'silent' else ['lost'])
+    assert outer_events == ['made'] and closing
