@@ -897,3 +897,56 @@ def test_tls_peer_close_notify_while_writes_pending(loop_factory, certs):
         assert await pr.lost is None
         return await peer == written, pr.events
     assert run(loop_factory, main) == (True, ['made', 'eof', 'lost'])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('size', [10, 1024 * 1024])
+@pytest.mark.parametrize('client', ['protocol', 'paused', 'buffered', 'streams'])
+def test_tls_trailing_data_then_close_notify(loop_factory, certs, size, client):
+    """The server writes and closes at once, so its last records and its
+    close_notify arrive together, possibly while the client app has paused
+    reading: the client gets every byte, then eof_received(), then
+    connection_lost(None) (a stream reader: the data, then EOF)."""
+    payload = pattern(size, seed=71)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class WriteAndClose(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(payload)
+                transport.close()
+
+        srv, port = await tls_server(loop, certs, WriteAndClose)
+        try:
+            if client == 'streams':
+                reader, writer = await asyncio.open_connection(
+                    '127.0.0.1', port, ssl=certs['client'], server_hostname='localhost',
+                    limit=4096)
+                await asyncio.sleep(0.1)    # everything, close_notify too, is here
+                got = await reader.read()
+                assert reader.at_eof()
+                writer.close()
+                await writer.wait_closed()
+                return got == payload, []
+            factory = {'protocol': Recorder, 'paused': Recorder,
+                       'buffered': lambda: _MemoryviewBuffered(1000)}[client]
+            tr, pr = await loop.create_connection(factory, '127.0.0.1', port,
+                                                  ssl=certs['client'],
+                                                  server_hostname='localhost')
+            if client == 'paused':
+                tr.pause_reading()
+                await asyncio.sleep(0.1)
+                assert not pr.data
+                tr.resume_reading()
+            assert await pr.lost is None
+            if client == 'buffered':
+                return pr.h.hexdigest() == digest(payload), pr.events
+            return bytes(pr.data) == payload, pr.events
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    expected_events = [] if client == 'streams' else (
+        ['made', 'eof', 'lost'] if client == 'buffered' else ['made', 'data', 'eof', 'lost'])
+    assert run(loop_factory, main) == (True, expected_events)

@@ -55,14 +55,26 @@ async def _tunnel_proxy(certs, target_port, seen):
 
 
 class _Origin(Recorder):
-    """Inner TLS server: answers a length-prefixed upload with its digest."""
+    """Inner TLS server: answers a length-prefixed upload with its digest,
+    then the upload itself."""
 
     def data_received(self, data):
         super().data_received(data)
         if len(self.data) >= 8:
             n = int.from_bytes(self.data[:8], 'big')
             if len(self.data) == 8 + n:
-                self.transport.write(digest(bytes(self.data[8:])).encode())
+                upload = bytes(self.data[8:])
+                self.transport.write(digest(upload).encode())
+                self.transport.write(upload)
+
+
+class _ViewBuffered(BufferedRecorder):
+    """get_buffer() gives a memoryview: asyncio's SSLProtocol slices the
+    buffer to fill it with more than one record, and a bytearray's slice is
+    a copy (the data would be lost on asyncio)."""
+
+    def get_buffer(self, sizehint):
+        return memoryview(self.buf)
 
 
 @pytest.mark.timeout(60)
@@ -70,8 +82,9 @@ class _Origin(Recorder):
 @pytest.mark.parametrize('app', ['protocol', 'buffered'])
 def test_start_tls_over_tls_through_proxy(loop_factory, certs, size, app):
     """Client: TLS to the proxy, then start_tls() on that TLS transport for
-    the origin behind it; data both ways, then the inner session closes and
-    takes the outer one with it."""
+    the origin behind it; data both ways (the reply held back a while by the
+    inner app pausing reading, which backs up into the outer session), then
+    the inner session closes and takes the outer one with it."""
     async def main():
         loop = asyncio.get_running_loop()
         origins = []
@@ -86,7 +99,7 @@ def test_start_tls_over_tls_through_proxy(loop_factory, certs, size, app):
         outer_tr, outer_pr = await loop.create_connection(
             Recorder, '127.0.0.1', pport, ssl=certs['proxy_client'],
             server_hostname='localhost')
-        inner_pr = Recorder() if app == 'protocol' else BufferedRecorder(bufsize=1000)
+        inner_pr = Recorder() if app == 'protocol' else _ViewBuffered(bufsize=1000)
         inner_tr = await loop.start_tls(outer_tr, inner_pr, certs['origin_client'],
                                         server_hostname='localhost')
         assert inner_tr is not outer_tr
@@ -99,15 +112,22 @@ def test_start_tls_over_tls_through_proxy(loop_factory, certs, size, app):
         assert inner_tr.get_extra_info('peername') == outer_tr.get_extra_info('peername')
 
         payload = pattern(size, seed=60)
+        inner_tr.pause_reading()
         inner_tr.write(len(payload).to_bytes(8, 'big'))
         inner_tr.write(payload)
+        while not origins or len(origins[0].data) < 8 + size:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)        # the reply piles up below the paused app
+        assert not inner_pr.data
+        inner_tr.resume_reading()
+        want = 64 + size
         if app == 'protocol':
-            reply = await inner_pr.wait_bytes(64)
+            reply = await inner_pr.wait_bytes(want)
         else:
-            while len(inner_pr.data) < 64:
+            while len(inner_pr.data) < want:
                 await asyncio.sleep(0.01)
             reply = bytes(inner_pr.data)
-        assert reply == digest(payload).encode()
+        assert reply == digest(payload).encode() + payload
 
         inner_tr.close()
         assert await inner_pr.lost is None
