@@ -28,7 +28,7 @@ cdef class SSLProtocol:
     # transport through data_received() or get_buffer()/buffer_updated().
     cdef:
         RingLoop _loop
-        readonly object _transport         # the one below: a StreamTransport, or an outer TLS app transport
+        readonly object _transport         # below: StreamTransport or an outer TLS app transport
         object _transport_write            # its bound write()
         object _app_protocol
         bint _app_is_buffer
