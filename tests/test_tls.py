@@ -7,6 +7,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 
 import pytest
 
@@ -802,3 +803,150 @@ def test_tls_app_data_received_raises(certs):
     assert a == z
     assert a[0] == [('Fatal error on SSL protocol', 'RuntimeError')]
     assert a[1:] == ('RuntimeError', 'app bug', ['made', 'data', 'lost'], True)
+
+
+def _memorybio_peer(sock, sslctx, close_now, client_saw_eof):
+    """Blocking TLS server on MemoryBIOs: handshake, then (once told to) a
+    close_notify without waiting for the answer, and only then reading
+    everything the client sent.  Returns the plaintext byte count."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sslobj = sslctx.wrap_bio(incoming, outgoing, server_side=True)
+    sock.settimeout(30)
+
+    def pump():
+        if outgoing.pending:
+            sock.sendall(outgoing.read())
+        data = sock.recv(256 * 1024)
+        if data:
+            incoming.write(data)
+        return data
+
+    while True:
+        try:
+            sslobj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+    sock.sendall(outgoing.read())           # session tickets
+    n = 0
+    # What came with the handshake's last flight: application data left in
+    # the BIO would make unwrap() fail ("application data after close notify").
+    while incoming.pending:
+        try:
+            n += len(sslobj.read(256 * 1024))
+        except ssl.SSLWantReadError:
+            break
+    assert close_now.wait(30)
+    with pytest.raises(ssl.SSLWantReadError):
+        sslobj.unwrap()                     # sends close_notify, wants the answer
+    sock.sendall(outgoing.read())
+    assert client_saw_eof.wait(30)
+    while True:
+        try:
+            n += len(sslobj.read(256 * 1024))
+        except ssl.SSLZeroReturnError:      # the client's close_notify
+            break
+        except ssl.SSLWantReadError:
+            if not pump():
+                break
+    sock.close()
+    return n
+
+
+@pytest.mark.timeout(60)
+def test_tls_peer_close_notify_while_writes_pending(loop_factory, certs):
+    """The peer sends close_notify while the client's writes are still held
+    back by flow control (its transport paused writing, so TLS records wait
+    in the SSL protocol's buffer): the client gets eof_received() and then
+    connection_lost(None), and everything it wrote still reaches the peer
+    before its close_notify and the close."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = tcp_listener()
+        close_now, client_saw_eof = threading.Event(), threading.Event()
+
+        def serve():
+            conn, _ = lsock.accept()
+            return _memorybio_peer(conn, certs['server'], close_now, client_saw_eof)
+        peer = loop.run_in_executor(None, serve)
+
+        class Client(Recorder):
+            def eof_received(self):
+                client_saw_eof.set()
+                return super().eof_received()
+
+        tr, pr = await loop.create_connection(
+            Client, '127.0.0.1', lsock.getsockname()[1], ssl=certs['client'],
+            server_hostname='localhost')
+        lsock.close()
+        chunk = pattern(64 * 1024, seed=70)
+        written = 0
+        # The peer reads nothing yet: the socket buffers fill, then the raw
+        # transport's, then the TLS transport's, which pauses the app.
+        while pr.writable.is_set():
+            assert written < 512 * 1024 * 1024
+            tr.write(chunk)
+            written += len(chunk)
+            await asyncio.sleep(0)
+        close_now.set()
+        # The peer's failure, if any, rather than a wait for an eof that
+        # will not come.
+        await asyncio.wait([pr.eof, peer], return_when=asyncio.FIRST_COMPLETED)
+        if peer.done():
+            peer.result()
+        assert await pr.lost is None
+        return await peer == written, pr.events
+    assert run(loop_factory, main) == (True, ['made', 'eof', 'lost'])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('size', [10, 1024 * 1024])
+@pytest.mark.parametrize('client', ['protocol', 'paused', 'buffered', 'streams'])
+def test_tls_trailing_data_then_close_notify(loop_factory, certs, size, client):
+    """The server writes and closes at once, so its last records and its
+    close_notify arrive together, possibly while the client app has paused
+    reading: the client gets every byte, then eof_received(), then
+    connection_lost(None) (a stream reader: the data, then EOF)."""
+    payload = pattern(size, seed=71)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class WriteAndClose(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(payload)
+                transport.close()
+
+        srv, port = await tls_server(loop, certs, WriteAndClose)
+        try:
+            if client == 'streams':
+                reader, writer = await asyncio.open_connection(
+                    '127.0.0.1', port, ssl=certs['client'], server_hostname='localhost',
+                    limit=4096)
+                await asyncio.sleep(0.1)    # everything, close_notify too, is here
+                got = await reader.read()
+                assert reader.at_eof()
+                writer.close()
+                await writer.wait_closed()
+                return got == payload, []
+            factory = {'protocol': Recorder, 'paused': Recorder,
+                       'buffered': lambda: _MemoryviewBuffered(1000)}[client]
+            tr, pr = await loop.create_connection(factory, '127.0.0.1', port,
+                                                  ssl=certs['client'],
+                                                  server_hostname='localhost')
+            if client == 'paused':
+                tr.pause_reading()
+                await asyncio.sleep(0.1)
+                assert not pr.data
+                tr.resume_reading()
+            assert await pr.lost is None
+            if client == 'buffered':
+                return pr.h.hexdigest() == digest(payload), pr.events
+            return bytes(pr.data) == payload, pr.events
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    expected_events = [] if client == 'streams' else (
+        ['made', 'eof', 'lost'] if client == 'buffered' else ['made', 'data', 'eof', 'lost'])
+    assert run(loop_factory, main) == (True, expected_events)

@@ -592,7 +592,9 @@ class _StreamsAPI:
             raise TypeError(
                 f'sslcontext is expected to be an instance of ssl.SSLContext, '
                 f'got {sslcontext!r}')
-        if not isinstance(transport, StreamTransport):
+        # As asyncio: any transport that says so, a TLS one included (TLS
+        # inside TLS: an HTTPS proxy tunnelling to an HTTPS origin).
+        if not getattr(transport, '_start_tls_compatible', False):
             raise TypeError(f'transport {transport!r} is not supported by start_tls()')
         waiter = self.create_future()
         cdef SSLProtocol ssl_protocol = SSLProtocol(

@@ -24,10 +24,11 @@ cdef class _SSLProtocolTransport:
 
 cdef class SSLProtocol:
     # The MemoryBIO state machine of asyncio.sslproto.SSLProtocol (3.11+),
-    # compiled; the raw transport feeds it through _feed().
+    # compiled; a StreamTransport feeds it through _feed(), any other
+    # transport through data_received() or get_buffer()/buffer_updated().
     cdef:
         RingLoop _loop
-        readonly object _transport         # the raw (socket) transport
+        readonly object _transport         # below: StreamTransport or an outer TLS app transport
         object _transport_write            # its bound write()
         object _app_protocol
         bint _app_is_buffer

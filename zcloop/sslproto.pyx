@@ -5,6 +5,8 @@
 #
 # * the raw StreamTransport hands received ciphertext straight to _feed()
 #   (no get_buffer()/buffer_updated() round trip, no intermediate copy);
+#   any other transport, such as the app transport of an outer TLS session
+#   (TLS inside TLS), calls data_received() or get_buffer()/buffer_updated();
 # * plaintext is decrypted straight into the bytes object handed to the app;
 # * the SSL object's C methods are called directly, and a read loop stops
 #   when the incoming BIO is empty instead of provoking SSLWantReadError.
@@ -285,6 +287,12 @@ cdef class SSLProtocol:
         self._incoming_write(self._read_view()[:nbytes])
         self._on_incoming()
 
+    def data_received(self, data):
+        # A transport that hands over bytes: an outer TLS transport, when
+        # this session runs inside another (start_tls() on a TLS transport).
+        self._incoming_write(data)
+        self._on_incoming()
+
     cdef _feed(self, const char *data, Py_ssize_t n):
         # StreamTransport's shortcut for get_buffer() + buffer_updated(): the
         # BIO copies straight from the ring's receive buffer.
@@ -452,6 +460,13 @@ cdef class SSLProtocol:
         if shutdown_exc:
             self._fatal_error(shutdown_exc, 'Fatal error on transport')
         else:
+            # What the BIO still holds because the transport below paused our
+            # writing (app data, our close_notify) goes out ahead of the
+            # close: zcloop's transports drop writes made after close(),
+            # where asyncio's still take them from resume_writing() while
+            # their buffer drains.
+            if self._outgoing.pending:
+                self._transport_write(self._outgoing_read())
             self._loop._call_soon(self._transport.close, None, None)
 
     cdef _abort(self, object exc):

@@ -246,6 +246,11 @@ cdef class StreamTransport(RingTransport):
     # ------------------------------------------------------------------
     # Protocol switching and reading
 
+    @property
+    def _start_tls_compatible(self):
+        # asyncio's socket transports can be upgraded, its pipe transports not.
+        return not self._is_pipe
+
     def set_protocol(self, protocol):
         self._ssl = protocol if type(protocol) is SSLProtocol else None
         self._buffered = (self._ssl is not None
