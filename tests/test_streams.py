@@ -885,3 +885,42 @@ def test_sock_sendall_cancel_keeps_buffer_alive(loop_factory):
         a.close()
         b.close()
     run(loop_factory, main)
+
+
+def test_write_after_close_while_buffered_goes_out(loop_factory):
+    """asyncio's socket transport keeps accepting write() after close()
+    while its buffer is non-empty (the bytes go out before connection_lost);
+    with an empty buffer at close() later writes are dropped."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, raw = await raw_peer(loop, rcvbuf=4096)
+        try:
+            head = pattern(4 * 1024 * 1024, seed=1)
+            tail = pattern(1000, seed=2)
+            tr.write(head)                  # more than the socket takes at once
+            assert tr.get_write_buffer_size() > 0
+            tr.close()
+            tr.write(tail)                  # queued behind head, as asyncio
+            received = await loop.run_in_executor(None, recv_all_blocking, raw)
+            await pr.lost
+            return received == head + tail, len(received)
+        finally:
+            raw.close()
+    assert run(loop_factory, main) == (True, 4 * 1024 * 1024 + 1000)
+
+
+def test_write_after_close_with_empty_buffer_dropped(loop_factory):
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, raw = await raw_peer(loop)
+        try:
+            tr.write(b'x')
+            await asyncio.sleep(0.05)       # sent: the buffer is empty
+            tr.close()
+            tr.write(b'y')                  # dropped (connection is lost)
+            received = await loop.run_in_executor(None, recv_all_blocking, raw)
+            await pr.lost
+            return received
+        finally:
+            raw.close()
+    assert run(loop_factory, main) == b'x'

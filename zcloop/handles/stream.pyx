@@ -479,10 +479,8 @@ cdef class StreamTransport(RingTransport):
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return
-        if self._closing:
-            # After close() nothing more goes out (asyncio drops these too
-            # unless its buffer was non-empty at close()).
-            return
+        # After close() with data still buffered (so _conn_lost is still 0),
+        # asyncio keeps queueing: the bytes go out before connection_lost().
         if self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and \
                 (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
                 self._inline_iteration != self._loop._iteration and \
@@ -574,11 +572,8 @@ cdef class StreamTransport(RingTransport):
             self._conn_lost += 1
             handle._set_sent(ConnectionResetError('Connection lost'))
             pinned._unref()
-        elif self._closing:
-            # After close() nothing more goes out (as write()).
-            handle._set_sent(ConnectionAbortedError('Transport is closing'))
-            pinned._unref()
         else:
+            # Also after close() while data is still buffered, as write().
             self._enqueue(pinned, pinned.view.len)
         return handle
 
