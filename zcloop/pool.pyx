@@ -65,18 +65,18 @@ cdef BufferPool _new_pool(RingLoop loop, Py_ssize_t block_size, Py_ssize_t block
     pool._waiters = collections.deque()
     _zc_pools.append(pool)
     # Register it, or say why not: the pool then works unregistered.
-    if not loop._feature('fixed_buffers'):
-        pool._fixed = 'unavailable: disabled'
-    elif size > FIXED_BUFFER_MAX:
-        pool._fixed = 'unavailable: pool larger than 1 GiB'
-    else:
-        if loop._fixed_slots is None:
+    if loop._fixed_slots is None:
+        if not loop._feature('fixed_buffers'):
+            ret = 0
+            loop._fixed_reason = 'unavailable: disabled'
+        else:
             ret = io_uring_register_buffers_sparse(&loop._ring, FIXED_TABLE_SLOTS)
             if ret < 0:
-                loop._fixed_slots = []
                 loop._fixed_reason = 'unavailable: ' + _errno_text(-ret)
-            else:
-                loop._fixed_slots = list(range(FIXED_TABLE_SLOTS - 1, -1, -1))
+        loop._fixed_slots = [] if loop._fixed_reason else list(range(FIXED_TABLE_SLOTS - 1, -1, -1))
+    if size > FIXED_BUFFER_MAX:
+        pool._fixed = 'unavailable: pool larger than 1 GiB'
+    else:
         if loop._fixed_reason is not None:
             pool._fixed = loop._fixed_reason
         elif not loop._fixed_slots:
@@ -123,7 +123,10 @@ cdef _BlockLease _pool_lease(RingLoop loop, object data, const char *buf, Py_ssi
     return lease
 
 
+# no_gc_clear: a lease's __releasebuffer__ may run while the garbage
+# collector tears down a cycle holding it, and must find its pool intact.
 @cython.final
+@cython.no_gc_clear
 cdef class BufferPool:
     """Blocks of memory registered with the loop's io_uring
     (loop.create_zc_pool(block_size, blocks)).
@@ -285,6 +288,7 @@ cdef class BufferPool:
 
 
 @cython.final
+@cython.no_gc_clear
 cdef class _BlockLease:
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):

@@ -769,7 +769,8 @@ cdef class StreamTransport(RingTransport):
                     loop._zc_report_usage = False
                 elif res == -ENOMEM:
                     # Memlock: the budget shrinks so the retry goes by copy.
-                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE else 0)
+                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE and not op.fixed
+                                   else 0)
                 else:
                     # The socket refuses (no SOCK_SUPPORT_ZC: MPTCP, ...):
                     # no zero-copy on it any more, write_zc() included.
