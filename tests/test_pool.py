@@ -88,6 +88,8 @@ def test_pool_acquire_release_counts():
         assert pool2.registered and loop.zc_stats()['pools'] == 2
         with pytest.raises(ValueError):
             loop.create_zc_pool(0, 4)
+        with pytest.raises(OverflowError):
+            loop.create_zc_pool(1 << 30, 1 << 40)
         pool.close()
         pool2.close()
         assert pool.free == 0

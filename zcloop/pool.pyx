@@ -13,8 +13,11 @@
 
 from cpython.buffer cimport PyBuffer_FillInfo
 
+cdef extern from "Python.h":
+    Py_ssize_t PY_SSIZE_T_MAX
+
 cdef unsigned FIXED_TABLE_SLOTS = 1024
-# One registered buffer (iovec) may span at most 1 GiB (io_uring/rsrc.c).
+# The kernel registers at most 1 GiB per buffer (iovec).
 cdef size_t FIXED_BUFFER_MAX = 1 << 30
 
 # Live pools of every loop (a few): write_zc() finds a buffer's pool by
@@ -40,6 +43,8 @@ cdef BufferPool _new_pool(RingLoop loop, Py_ssize_t block_size, Py_ssize_t block
         raise ValueError('block_size and blocks must be positive')
     if block_size > SEND_MAX_REQUEST:
         raise ValueError(f'block_size must be at most {SEND_MAX_REQUEST}')
+    if blocks > (PY_SSIZE_T_MAX - <Py_ssize_t>page) // block_size:
+        raise OverflowError('BufferPool size does not fit in the address space')
     size = ((<size_t>block_size * <size_t>blocks + page - 1) // page) * page
     if not _has_cap_ipc_lock():
         # Registration pins the whole pool and charges it to RLIMIT_MEMLOCK.
