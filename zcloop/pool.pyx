@@ -146,9 +146,10 @@ cdef class BufferPool:
     """
 
     def __dealloc__(self):
-        # Only when nothing references the pool any more: no lease, no
-        # view, no request (those hold it).
-        if self._base != NULL and not self._unmapped:
+        # A live pool is in _zc_pools, so this is interpreter teardown:
+        # unmap only if no view or request may still read the memory.
+        if self._base != NULL and not self._unmapped and self._exports == 0 and \
+                self._inflight == 0:
             munmap(self._base, self._map_len)
             self._base = NULL
 
