@@ -123,14 +123,17 @@ def define_workloads(quick):
             tls=True))
 
     # Zero-copy: the server streams messages to a receive-only client, with
-    # write() on every loop and write_zc() on zcloop; over loopback (always
-    # copied) and to a peer in a private network namespace (veth).
+    # write() on every loop, write_zc() on zcloop, and write_zc() of blocks of
+    # a registered BufferPool ("write_zc pool": no pinning per send); over
+    # loopback (always copied) and to a peer in a private network namespace
+    # (veth).
     zc_cells = [("loopback", MiB, False), ("netns", 16 * MiB, True)]
     for where, size, netns in zc_cells:
         plain = f"zc {where} write {size_label(size)}"
-        for api in ("write", "write_zc"):
-            zc = api == "write_zc"
-            rows.append(Workload("zerocopy", f"zc {where} {api} {size_label(size)}", "source", (
+        for api in ("write", "write_zc", "write_zc pool"):
+            zc = api != "write"
+            kind = "source-pool" if api == "write_zc pool" else "source"
+            rows.append(Workload("zerocopy", f"zc {where} {api} {size_label(size)}", kind, (
                 "{bin}/echo_client", "-m", "source", *(["-z"] if zc else []), "-h", "{host}",
                 "-p", "{port}", "-c", "1", "-s", str(size), "-d", "{duration}",
                 "-w", "{warmup}"), "MB/s", netns=netns, loops=("zcloop",) if zc else None,

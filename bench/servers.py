@@ -26,6 +26,10 @@ Kinds:
                     connection is lost it prints STATS with the bytes written
                     and, on zcloop, get_extra_info("zcloop") and what the
                     write_zc() handles' `released` futures said
+  source-pool     source, but b"z" sends blocks of a registered BufferPool
+                    (loop.create_zc_pool(SIZE, blocks), filled once): each
+                    message acquires a free block and write_zc()s it; it
+                    returns to the pool when its `released` resolves (zcloop)
   http-aiohttp    aiohttp "Hello, World!" on /
   ws-echo         websockets echo
 """
@@ -130,6 +134,10 @@ class SourceProtocol(asyncio.Protocol):
         self.payload = self.payloads.get(size) or self.payloads.setdefault(size, b"x" * size)
         self.pump()
 
+    def message(self):
+        """What write_zc() sends next, or None to wait for a `released`."""
+        return self.payload
+
     def pump(self):
         # pause_writing() is called from inside write()/write_zc() once the
         # transport's buffer passes its high-water mark.  A transport that
@@ -137,7 +145,10 @@ class SourceProtocol(asyncio.Protocol):
         # is_closing() ends the loop then.
         while not self.paused and not self.transport.is_closing():
             if self.zero_copy:
-                handle = self.transport.write_zc(self.payload)
+                message = self.message()
+                if message is None:
+                    break
+                handle = self.transport.write_zc(message)
                 self.unreleased.add(handle.released)
                 handle.released.add_done_callback(
                     lambda released, handle=handle: self.on_released(handle))
@@ -156,6 +167,9 @@ class SourceProtocol(asyncio.Protocol):
             outcome = ("cancelled" if sent.cancelled() else "pending" if not sent.done() else
                        "failed" if sent.exception() else "sent")
             self.zero_copy_sent[outcome] = self.zero_copy_sent.get(outcome, 0) + 1
+
+        if not self.paused and not self.closed:
+            self.pump()     # a pool block may be free again (PooledSourceProtocol)
 
     def pause_writing(self):
         self.paused = True
@@ -181,6 +195,30 @@ class SourceProtocol(asyncio.Protocol):
                                  "pending": len(self.unreleased),
                                  "zerocopy_sent": self.zero_copy_sent}
         print("STATS " + json.dumps(stats), flush=True)
+
+
+class PooledSourceProtocol(SourceProtocol):
+    """SourceProtocol whose write_zc() messages are blocks of a registered
+    BufferPool, one per message size for the process (64 MiB of blocks, at
+    least 4)."""
+
+    pools = {}  # size -> BufferPool
+
+    def message(self):
+        import zcloop
+        pool = self.pools.get(len(self.payload))
+        if pool is None:
+            size = len(self.payload)
+            pool = asyncio.get_running_loop().create_zc_pool(size, max(4, 64 * 1024 * 1024 // size))
+            views = [pool.acquire_nowait() for _ in range(pool.blocks)]
+            for view in views:
+                view[:] = self.payload
+                pool.release(view)
+            self.pools[size] = pool
+        try:
+            return pool.acquire_nowait()
+        except zcloop.PoolExhausted:
+            return None
 
 
 async def start_aiohttp(host, port, ssl_context):
@@ -213,7 +251,7 @@ async def start_server(kind, host, port, ssl_context=None):
     """Start the server; return the port it listens on."""
     loop = asyncio.get_running_loop()
     protocols = {"echo-protocol": EchoProtocol, "sink-protocol": SinkProtocol,
-                 "source": SourceProtocol}
+                 "source": SourceProtocol, "source-pool": PooledSourceProtocol}
     streams = {"echo-streams": echo_stream, "sink-streams": sink_stream}
     if kind in protocols:
         server = await loop.create_server(protocols[kind], host, port, ssl=ssl_context)
@@ -249,7 +287,7 @@ async def main(args):
     await stop.wait()
 
 
-KINDS = ("echo-protocol", "echo-streams", "sink-protocol", "sink-streams", "source",
+KINDS = ("echo-protocol", "echo-streams", "sink-protocol", "sink-streams", "source", "source-pool",
          "http-aiohttp", "ws-echo")
 
 if __name__ == "__main__":

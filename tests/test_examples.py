@@ -251,3 +251,26 @@ def test_static_server_pipelining_and_close(start_example, loop_name, site):
         assert headers["connection"] == "close"
         assert sock_file.read() == b""  # the server closed the connection
     server.stop()
+
+
+def test_pool_server(start_example, loop_name, site):
+    """Files read into registered pool blocks (zcloop) arrive intact,
+    including one larger than the whole pool (blocks are reused)."""
+    root, files = site
+    server = start_example("pool_server.py", loop_name, "--root", str(root),
+                           "--block-size", "65536", "--blocks", "4")
+    if loop_name == "zcloop":
+        assert "buffers registered" in server.banner, server.banner
+    for path, name in [("/", "index.html"), ("/medium.bin", "medium.bin"),
+                       ("/sub/large.bin", "sub/large.bin")]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.read() == files[name]
+        connection.close()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/missing")
+    assert connection.getresponse().status == 404
+    connection.close()
+    server.stop()

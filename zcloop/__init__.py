@@ -11,11 +11,12 @@ import os as _os
 import sys as _sys
 import warnings as _warnings
 
-from ._ring import Loop, IoUringUnavailableError, ZeroCopyWrite, features, _probe_unavailable
+from ._ring import (Loop, IoUringUnavailableError, ZeroCopyWrite, BufferPool, PoolExhausted,
+                    features, _probe_unavailable)
 
 __all__ = (
     "Loop", "new_event_loop", "EventLoopPolicy", "install", "run", "features",
-    "IoUringUnavailableError", "ZeroCopyWrite", "available", "FALLBACK_ENV", "DISABLE_ENV",
+    "IoUringUnavailableError", "ZeroCopyWrite", "BufferPool", "PoolExhausted", "available", "FALLBACK_ENV", "DISABLE_ENV",
 )
 __version__ = "0.1.0"
 

@@ -10,6 +10,7 @@ from .includes.liburing cimport (
 cdef class RingLoop
 cdef class WritePipeTransport
 cdef class SSLProtocol
+cdef class _BlockLease
 
 include "cbhandles.pxd"
 include "ops.pxd"
@@ -21,6 +22,7 @@ include "handles/pipe.pxd"
 include "handles/pollwait.pxd"
 include "handles/udp.pxd"
 include "sslproto.pxd"
+include "pool.pxd"
 
 
 cdef class RingLoop:
@@ -110,6 +112,11 @@ cdef class RingLoop:
         Py_ssize_t _zc_enomem           # ENOMEM refusals seen
         bint _zc_report_usage
         bint _quarantining              # close(): on_close() of ops the kernel still holds
+
+        # registered buffers for BufferPool (pool.pyx)
+        list _fixed_slots               # free slots of the sparse table; None: not reserved
+        str _fixed_reason               # why fixed buffers are unavailable, or None
+        Py_ssize_t _st_fixed_sends      # SEND_ZC requests from registered buffers
 
     # ring plumbing
     cdef _setup_ring(self)

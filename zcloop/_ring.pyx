@@ -129,7 +129,7 @@ _quarantine = []
 _FEATURE_NAMES = frozenset({
     'single_issuer', 'defer_taskrun', 'coop_taskrun', 'submit_all',
     'send_zc', 'sendmsg_zc', 'report_usage', 'recv_multishot', 'buf_ring',
-    'accept_multishot', 'registered_ring_fd',
+    'accept_multishot', 'registered_ring_fd', 'fixed_buffers',
 })
 
 include "cbhandles.pyx"
@@ -141,6 +141,7 @@ include "handles/server.pyx"
 include "handles/pipe.pyx"
 include "handles/pollwait.pyx"
 include "handles/udp.pyx"
+include "pool.pyx"
 include "sslproto.pyx"
 include "api_streams.pyx"
 include "api_subprocess.pyx"
@@ -209,6 +210,8 @@ cdef class RingLoop:
         self._zc_pinned_total = 0
         self._zc_charged = 0
         self._zc_report_usage = self._feature('report_usage')
+        self._fixed_slots = None
+        self._fixed_reason = None
         self._owner_pid = getpid()
         self._grow_slots()
         self._setup_ring()
@@ -611,7 +614,22 @@ cdef class RingLoop:
         return n
 
     def _close_drain_timeout(self):
-        return 1.0 if self._zc_pinned_total else 0.25
+        return 1.0 if self._zc_pinned_total or self._pools_inflight() else 0.25
+
+    def _fixed_state(self):
+        # 'unused' (no pool yet), 'registered', or why the last pool is not.
+        if self._fixed_slots is None:
+            return 'unused'
+        if self._fixed_reason is not None:
+            return self._fixed_reason
+        for pool in reversed(_zc_pools):
+            if (<BufferPool>pool)._loop is self:
+                return (<BufferPool>pool)._fixed
+        return 'registered'
+
+    def _pools_inflight(self):
+        return sum((<BufferPool>pool)._inflight for pool in _zc_pools
+                   if (<BufferPool>pool)._loop is self)
 
     cdef bint _ensure_buf_ring(self) except -1:
         """Register the loop-wide provided-buffer ring on first use; False
@@ -760,9 +778,21 @@ cdef class RingLoop:
             'budget': self._zc_budget,
             'budget_max': self._zc_budget_max,
             'enomem': self._zc_enomem,
+            'fixed_buffers': self._fixed_state(),
+            'fixed_sends': self._st_fixed_sends,
+            'pools': sum(1 for pool in _zc_pools if (<BufferPool>pool)._loop is self),
             'recv_buffers': self._buf_provided,
             'recv_buffer_size': self._buf_size,
         }
+
+    def create_zc_pool(self, block_size, blocks):
+        """A BufferPool of ``blocks`` blocks of ``block_size`` bytes,
+        registered with the ring so write_zc() from it pins nothing per send
+        (see zcloop.BufferPool).  OSError(ENOMEM) if it does not fit in
+        RLIMIT_MEMLOCK; where the ring refuses the registration the pool
+        works unregistered (zc_stats()['fixed_buffers'] says why)."""
+        self._check_closed()
+        return _new_pool(self, block_size, blocks)
 
     def features(self):
         """What this loop's ring uses: setup flags, supported ops, switches."""
@@ -1014,6 +1044,9 @@ cdef class RingLoop:
         self._pending_flush = []
         self._fd_watchers.clear()
         self._close_ring()
+        for pool in list(_zc_pools):
+            if (<BufferPool>pool)._loop is self:
+                (<BufferPool>pool)._on_loop_close()
         if self._wake_fd >= 0:
             close(self._wake_fd)
             self._wake_fd = -1

@@ -21,6 +21,7 @@ cdef class _Pinned:
         bint has_view
         ZeroCopyWrite handle
         int refs
+        _BlockLease lease       # a BufferPool block: sent from its registered buffer
 
     cdef _unref(self)
 
@@ -35,6 +36,7 @@ cdef class _SendOp(UringOp):
         bint implicit_zc        # ZC chosen for plain write() data
         bint popped             # entries left the queue with this request
         bint refused            # SEND_ZC refused (nothing sent); re-sent by copy
+        bint fixed              # SEND_ZC from a registered buffer (no memlock budget)
         uint64_t ud
         iovec *iov
         int iov_cap             # iovecs allocated at iov (kept across reuse)

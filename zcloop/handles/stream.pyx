@@ -116,12 +116,17 @@ cdef class _Pinned:
             PyBuffer_Release(&self.view)
 
     cdef _unref(self):
+        cdef _BlockLease lease
         self.refs -= 1
         if self.refs == 0:
             if self.has_view:
                 self.has_view = False
                 PyBuffer_Release(&self.view)
             self.handle._set_released()
+            if self.lease is not None:
+                # The kernel let go: the block goes back to its pool.
+                lease, self.lease = self.lease, None
+                lease._write_done()
 
 
 cdef inline Py_ssize_t _entry_len(object entry):
@@ -541,7 +546,9 @@ cdef class StreamTransport(RingTransport):
         (IORING_OP_SEND_ZC) and return a ZeroCopyWrite handle.
 
         ``data`` may be any C-contiguous buffer; it must not be modified
-        until ``handle.released`` is done.
+        until ``handle.released`` is done.  A block of a BufferPool (or a
+        slice of one) is sent from its registered buffer, and goes back to
+        its pool when ``released`` resolves.
         """
         cdef _Pinned pinned
         cdef ZeroCopyWrite handle
@@ -558,6 +565,11 @@ cdef class StreamTransport(RingTransport):
         except BufferError as exc:
             raise TypeError(f'write_zc() needs a C-contiguous buffer: {exc}') from None
         pinned.has_view = True
+        if pinned.view.len:
+            pinned.lease = _pool_lease(self._loop, data, <char*>pinned.view.buf,
+                                       pinned.view.len)
+            if pinned.lease is not None:
+                pinned.lease._write_started()
         handle = ZeroCopyWrite()
         handle.sent = aio_futures.Future(loop=self._loop)
         handle.released = aio_futures.Future(loop=self._loop)
@@ -649,6 +661,9 @@ cdef class StreamTransport(RingTransport):
             return False
         if type(entry) is bytes and not (self._zc_write and self._zc_peer_remote()):
             return False
+        if type(entry) is _Pinned and (<_Pinned>entry).lease is not None and \
+                (<_Pinned>entry).lease.pool._buf_index >= 0:
+            return True     # registered: pinned once for the pool, no memlock budget
         remaining = min(remaining, ZC_MAX_REQUEST)
         if self._zc_pinned + remaining > ZC_MAX_PINNED_PER_TRANSPORT:
             return False
@@ -681,10 +696,14 @@ cdef class StreamTransport(RingTransport):
             op.popped = False
         op.offset = offset
         op.zc = zc
+        op.fixed = (zc and type(first) is _Pinned and (<_Pinned>first).lease is not None and
+                    (<_Pinned>first).lease.pool._buf_index >= 0)
         if zc:
-            # One large entry, at most ZC_MAX_REQUEST of it per request.
+            # One large entry, at most ZC_MAX_REQUEST of it per request
+            # (a registered block is charged nothing per request).
             op.implicit_zc = type(first) is bytes
-            n = min(n, ZC_MAX_REQUEST)
+            if not op.fixed:
+                n = min(n, ZC_MAX_REQUEST)
             op.entries = [first]
             total = n
             niov = 1
@@ -716,9 +735,15 @@ cdef class StreamTransport(RingTransport):
             else:
                 io_uring_prep_writev(sqe, self._fd, op.iov, niov, NO_OFFSET)
         elif niov == 1:
-            if zc:
+            if op.fixed:
+                io_uring_prep_send_zc_fixed(sqe, self._fd, _entry_ptr(first) + offset, total,
+                                            SEND_FLAGS, 0,
+                                            (<_Pinned>first).lease.pool._buf_index)
+                loop._st_fixed_sends += 1
+            elif zc:
                 io_uring_prep_send_zc(sqe, self._fd, _entry_ptr(first) + offset, total,
                                       SEND_FLAGS, 0)
+            if zc:
                 if loop._zc_report_usage:
                     sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
             else:
@@ -770,7 +795,8 @@ cdef class StreamTransport(RingTransport):
                     loop._zc_report_usage = False
                 elif res == -ENOMEM:
                     # Memlock: the budget shrinks so the retry goes by copy.
-                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE else 0)
+                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE and not op.fixed
+                                   else 0)
                 else:
                     # The socket refuses (no SOCK_SUPPORT_ZC: MPTCP, ...):
                     # no zero-copy on it any more, write_zc() included.
@@ -881,7 +907,8 @@ cdef class StreamTransport(RingTransport):
         cdef Py_ssize_t i
         if op.zc:
             self._zc_pinned -= op.nbytes
-            self._loop._zc_unreserve(op.nbytes)
+            if not op.fixed:
+                self._loop._zc_unreserve(op.nbytes)
         for i in range(len(op.entries)):
             entry = op.entries[i]
             if type(entry) is _Pinned:

@@ -100,6 +100,10 @@ cdef extern from "compat.h" nogil:
     int io_uring_queue_init_params(unsigned entries, io_uring *ring, io_uring_params *p)
     void io_uring_queue_exit(io_uring *ring)
     int io_uring_register_ring_fd(io_uring *ring)
+    int io_uring_register_buffers_sparse(io_uring *ring, unsigned nr)
+    int io_uring_register_buffers_update_tag(io_uring *ring, unsigned off,
+                                             const iovec *iovecs, const uint64_t *tags,
+                                             unsigned nr)
     io_uring_probe *io_uring_get_probe_ring(io_uring *ring)
     void io_uring_free_probe(io_uring_probe *probe)
     int zc_opcode_supported(io_uring_probe *p, int op)
@@ -136,6 +140,8 @@ cdef extern from "compat.h" nogil:
     void io_uring_prep_send(io_uring_sqe *sqe, int sockfd, const void *buf, size_t len, int flags)
     void io_uring_prep_sendmsg(io_uring_sqe *sqe, int fd, const msghdr *msg, unsigned flags)
     void io_uring_prep_send_zc(io_uring_sqe *sqe, int sockfd, const void *buf, size_t len, int flags, unsigned zc_flags)
+    void io_uring_prep_send_zc_fixed(io_uring_sqe *sqe, int sockfd, const void *buf, size_t len,
+                                     int flags, unsigned zc_flags, unsigned buf_index)
     void io_uring_prep_sendmsg_zc(io_uring_sqe *sqe, int fd, const msghdr *msg, unsigned flags)
     void io_uring_prep_recv(io_uring_sqe *sqe, int sockfd, void *buf, size_t len, int flags)
     void io_uring_prep_recv_multishot(io_uring_sqe *sqe, int sockfd, void *buf, size_t len, int flags)

@@ -31,6 +31,9 @@ cdef extern from "<poll.h>" nogil:
 
 cdef extern from "<sys/mman.h>" nogil:
     int munmap(void *addr, size_t length)
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    void *MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS
 
 cdef extern from "<sys/socket.h>" nogil:
     int MSG_WAITALL, MSG_NOSIGNAL, MSG_DONTWAIT, MSG_TRUNC
