@@ -12,6 +12,7 @@ earlier result behind.  Environment (set by the driver):
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -174,10 +175,17 @@ def pytest_runtest_logfinish(nodeid, location):
 def _message(report):
     text = report.longreprtext if hasattr(report, "longreprtext") else str(report.longrepr)
     lines = [line for line in text.splitlines() if line.strip()]
-    # The last "E   ..." line, or the last line, names the failure.
-    for line in reversed(lines):
-        if line.lstrip().startswith("E "):
-            return line.strip()[:300]
+    # The first "E   SomeError: ..." line, else the last "E" line, else (an
+    # exception group's tree) the first "| SomeError: ..." line.
+    e_lines = [line.strip() for line in lines if line.lstrip().startswith("E ")]
+    for line in e_lines:
+        if re.match(r"E\s+[\w.]+(Error|Exception|Warning|Exit|Interrupt)\b", line):
+            return line[:300]
+    if e_lines:
+        return e_lines[-1][:300]
+    for line in lines:
+        if re.match(r"\s*\|\s+[\w.]+(Error|Exception|Warning)\b", line):
+            return line.strip(" |")[:300]
     return (lines[-1].strip() if lines else "")[:300]
 
 
