@@ -45,7 +45,10 @@ SITE_PINS = [
     "truststore==0.10.5",
     "blockbuster==1.5.29",
     "forbiddenfruit==0.1.4",          # blockbuster's dependency
-]
+    "pyOpenSSL==26.4.0",              # uvloop's test_tcp.py (uvloop pins ~=26.4.0)
+    "cryptography==50.0.2",           # pyOpenSSL 26.4 needs >= 49
+    "trio==0.35.0",                   # the pytest sessions of anyio's test_pytest_plugin.py
+]                                     # run on every installed backend; anyio needs >= 0.32
 # Taken from the current Python when importable, else pip-installed into it.
 PYTHON_NEEDS = {
     "pytest": "pytest>=9",            # anyio's pyproject uses the [tool.pytest] table
@@ -143,6 +146,10 @@ def env_for(suite, loop, out, done=None):
         path.append(env["PYTHONPATH"])
     env.update(PYTHONPATH=os.pathsep.join(path), ZCLOOP_PEERS_SUITE=suite,
                ZCLOOP_PEERS_LOOP=loop, ZCLOOP_PEERS_OUT=out, PYTHONFAULTHANDLER="1")
+    if suite == "anyio":
+        # As anyio's own tox setup: only the plugins its addopts name (-p anyio,
+        # pytest_mock, timeout), also in the pytest sessions its tests start.
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env.pop("ZCLOOP_PEERS_DONE", None)
     if done:
         env["ZCLOOP_PEERS_DONE"] = done
@@ -156,13 +163,21 @@ def pytest_cmd(args, timeout):
             "-p", "no:asyncio", f"--timeout={timeout}", "-q", "-rN", *args]
 
 
+def _default_signals():
+    # A driver started with nohup or `&` from a script ignores SIGHUP, SIGINT
+    # and SIGQUIT, and children inherit that: uvloop's SIGINT and send_signal
+    # tests would then hang on every loop.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def run_pytest(suite, loop, args, out, logfile, timeout, done=None):
     """One pytest process; killed when no test finishes for 2 timeouts."""
     with open(logfile, "ab") as logf:
         proc = subprocess.Popen(pytest_cmd(args, timeout), cwd=src_dir(suite),
                                 env=env_for(suite, loop, out, done), stdout=logf,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_signals)
         last_size, last_change = -1, time.monotonic()
         while True:
             try:
@@ -219,9 +234,12 @@ def run_file(suite, loop, relfile, timeout):
     return [r for r in read_records(out) if "test" in r]
 
 
-def run_suite(suite, loop, files, timeout, jobs):
+def run_suite(suite, loop, files, timeout, jobs, merge=False):
+    """Run `files` on `loop`; with merge, keep the recorded results of the other files."""
     t0 = time.monotonic()
     records = []
+    if merge:
+        records = [r for r in load(suite, loop).values() if r["test"].split("::")[0] not in files]
     lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(run_file, suite, loop, f, timeout): f for f in files}
@@ -396,7 +414,8 @@ def main():
                 files = [f for f in files if f in args.files or os.path.basename(f) in args.files]
             for loop in loops:
                 log(f"{suite} on {loop}: {len(files)} files")
-                durations[(suite, loop)] = run_suite(suite, loop, files, args.timeout, args.jobs)
+                durations[(suite, loop)] = run_suite(suite, loop, files, args.timeout, args.jobs,
+                                                     merge=bool(args.files))
         if not args.no_rerun and "zcloop" in loops and "asyncio" in loops:
             for suite in suites:
                 diffs = [d for d in differences(suite) if d[0] not in uvloop_only()]
