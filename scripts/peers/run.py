@@ -34,6 +34,9 @@ UVLOOP_VERSION = "0.23.0"
 ANYIO_VERSION = "4.16.0"
 SUITES = {"uvloop": UVLOOP_VERSION, "anyio": ANYIO_VERSION}
 LOOPS = ("asyncio", "zcloop", "uvloop")
+# Informational, not in the default set: uvloop's UV classes with zcloop as
+# their loop (tests/peers/uvloop-only.txt says what they check).
+EXTRA_LOOPS = ("zcloop-uv",)
 
 # Installed with --no-deps into .peers/site (first on the path of the runs):
 # the versions both suites were released against, plus anyio's test extras.
@@ -390,7 +393,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", action="append", choices=sorted(SUITES),
                         help="suite to run (repeatable; default both)")
-    parser.add_argument("--loop", action="append", choices=LOOPS,
+    parser.add_argument("--loop", action="append", choices=LOOPS + EXTRA_LOOPS,
                         help="loop to run on (repeatable; default all three)")
     parser.add_argument("--files", nargs="*", help="only these test files (e.g. tests/test_tcp.py)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="pytest processes at once")
@@ -413,6 +416,8 @@ def main():
             if args.files:
                 files = [f for f in files if f in args.files or os.path.basename(f) in args.files]
             for loop in loops:
+                if loop in EXTRA_LOOPS and suite != "uvloop":
+                    continue
                 log(f"{suite} on {loop}: {len(files)} files")
                 durations[(suite, loop)] = run_suite(suite, loop, files, args.timeout, args.jobs,
                                                      merge=bool(args.files))

@@ -43,13 +43,18 @@ def _write(record):
 def _setup_uvloop_suite():
     from uvloop import _testbase as tb
 
-    if LOOP != "zcloop":
-        return
-    import zcloop
+    if LOOP == "zcloop":
+        import zcloop
 
-    tb.AIOTestCase.new_loop = lambda self: zcloop.new_event_loop()
-    tb.AIOTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
-    tb.BaseTestCase.is_asyncio_loop = lambda self: True
+        tb.AIOTestCase.new_loop = lambda self: zcloop.new_event_loop()
+        tb.AIOTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
+        tb.BaseTestCase.is_asyncio_loop = lambda self: True
+    elif LOOP == "zcloop-uv":
+        # Informational: the UV classes (uvloop's own tests) on zcloop.
+        import zcloop
+
+        tb.UVTestCase.new_loop = lambda self: zcloop.new_event_loop()
+        tb.UVTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
 
 
 # The child processes of test_signals.py build their loop from this string.
@@ -63,6 +68,10 @@ def _uvloop_keep(item):
     if cls is None:
         return False
     if LOOP == "uvloop":
+        return issubclass(cls, tb.UVTestCase)
+    if LOOP == "zcloop-uv":
+        if getattr(cls, "NEW_LOOP", None) == "uvloop.new_event_loop()":
+            cls.NEW_LOOP = _ZCLOOP_CHILD_LOOP
         return issubclass(cls, tb.UVTestCase)
     if not issubclass(cls, tb.AIOTestCase):
         return False
