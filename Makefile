@@ -3,7 +3,7 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build test test-fast test-versions bench bench-full stress asan clean
+.PHONY: setup build test test-fast test-versions test-peers bench bench-full stress asan clean
 
 setup:
 	@if [ ! -f /usr/include/liburing.h ]; then \
@@ -35,6 +35,9 @@ test-fast:
 
 test-versions:  # build + full suite on each Python 3.11-3.14 found (pyenv or PATH), one venv each
 	bash scripts/test-versions.sh
+
+test-peers: build  # uvloop's and anyio's own test suites on asyncio, uvloop and zcloop (docs/peers.md)
+	$(PYTHON) scripts/peers/run.py
 
 bench: setup
 	$(PYTHON) bench/run.py --quick

@@ -53,7 +53,7 @@ cdef class RingLoop:
         int _timer_cancelled_count
         bint _call_at_overridden        # by a subclass: call_later() goes through it
         bint _stopping
-        bint _closed
+        readonly bint _closed           # readable as asyncio's BaseEventLoop._closed
         bint _running
         long _thread_id
         bint _debug

@@ -1227,7 +1227,7 @@ cdef class RingLoop:
             if self._executor_shutdown_called:
                 raise RuntimeError('Executor shutdown has been called')
             if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix='zcloop')
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix='asyncio')
                 self._default_executor = executor
         return aio_futures.wrap_future(executor.submit(func, *args), loop=self)
 

@@ -73,6 +73,21 @@ cdef class ReadPipeTransport(StreamTransport):
         self._loop._call_soon(self._protocol.eof_received, None, None)
         self._schedule_connection_lost(None)
 
+    # A read pipe has no writing side: asyncio's has no such methods
+    # (AttributeError); these raise NotImplementedError, as asyncio's
+    # transports do for what a transport does not support.
+    def write(self, data):
+        raise NotImplementedError
+
+    def writelines(self, list_of_data):
+        raise NotImplementedError
+
+    def write_eof(self):
+        raise NotImplementedError
+
+    def can_write_eof(self):
+        raise NotImplementedError
+
 
 cdef class _PipeHangupOp(UringOp):
     # The write end of a pipe turns readable (POLLERR/POLLHUP) when the read
@@ -186,14 +201,16 @@ cdef class WritePipeTransport(StreamTransport):
         # Closing the write end is the pipe's EOF.
         self.close()
 
+    # A write pipe has no reading side: asyncio's inherits ReadTransport's
+    # methods, which raise NotImplementedError.
     def is_reading(self):
-        return False
+        raise NotImplementedError
 
     def pause_reading(self):
-        pass
+        raise NotImplementedError
 
     def resume_reading(self):
-        pass
+        raise NotImplementedError
 
     def _call_connection_lost(self, exc):
         if self._hup_ud:
