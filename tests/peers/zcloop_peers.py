@@ -47,14 +47,16 @@ def _setup_uvloop_suite():
         import zcloop
 
         tb.AIOTestCase.new_loop = lambda self: zcloop.new_event_loop()
-        tb.AIOTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
+        if hasattr(zcloop, "EventLoopPolicy"):  # not on Python >= 3.14
+            tb.AIOTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
         tb.BaseTestCase.is_asyncio_loop = lambda self: True
     elif LOOP == "zcloop-uv":
         # Informational: the UV classes (uvloop's own tests) on zcloop.
         import zcloop
 
         tb.UVTestCase.new_loop = lambda self: zcloop.new_event_loop()
-        tb.UVTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
+        if hasattr(zcloop, "EventLoopPolicy"):
+            tb.UVTestCase.new_policy = lambda self: zcloop.EventLoopPolicy()
 
 
 # The child processes of test_signals.py build their loop from this string.
