@@ -54,16 +54,16 @@ class BenchError(Exception):
     """A failure to record in a table cell (the run goes on)."""
 
 
-def loop_env(loop):
+def loop_env(loop, root=ROOT):
     """Environment that starts a Python child on `loop`: the mechanism of
     ``python -m zcloop compare`` (zcloop/_inject/sitecustomize.py).  The
-    checkout this bench/ belongs to comes next on PYTHONPATH, so the servers
-    import *its* zcloop (built in place), not another installed copy
-    (versions() records which one they got)."""
+    checkout `root` (by default the one this bench/ belongs to) comes next
+    on PYTHONPATH, so the servers import *its* zcloop (built in place), not
+    another installed copy (versions() records which one they got)."""
     env = dict(os.environ)
     env["ZCLOOP_LOOP"] = loop
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(INJECT_DIR), str(ROOT), env.get("PYTHONPATH")]))
+        filter(None, [str(INJECT_DIR), str(root), env.get("PYTHONPATH")]))
     return env
 
 
@@ -138,9 +138,11 @@ def task_times(pid):
 
 class Server:
     """A server process of one kind on one contender (loop or C reference),
-    listening on `host`, serving TLS with `tls` (a TLSMaterial) if given."""
+    listening on `host`, serving TLS with `tls` (a TLSMaterial) if given;
+    a loop's server imports zcloop from the checkout `root`."""
 
-    def __init__(self, kind, contender, *, host="127.0.0.1", tls=None, start_timeout=30):
+    def __init__(self, kind, contender, *, host="127.0.0.1", tls=None, start_timeout=30,
+                 root=ROOT):
         self.kind, self.contender = kind, contender
         if contender == REFERENCE:
             if kind not in REFERENCE_MODES or tls:
@@ -154,7 +156,7 @@ class Server:
                        "--port", "0"]
             if tls:
                 command += ["--certfile", str(tls.server_pem)]
-            env = loop_env(contender)
+            env = loop_env(contender, root)
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                      stderr=self.stderr, preexec_fn=pin_to(SERVER_CPU),
