@@ -1,6 +1,7 @@
 """``python -m zcloop run`` / ``compare`` and the sitecustomize shim, run for real
 in subprocesses.  No assertion is about timings."""
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-INJECT_DIR = ROOT / "zcloop" / "_inject"
+# The zcloop package under test: this checkout's, or the installed one when the
+# tests run from a copy outside the source tree (scripts/build-wheels.sh).
+# Located without importing it: the compiled core may be missing.
+PACKAGE = Path(importlib.util.find_spec("zcloop").submodule_search_locations[0])
+INJECT_DIR = PACKAGE / "_inject"
 LOOP_MODULE = {"asyncio": "asyncio", "uvloop": "uvloop", "zcloop": "zcloop"}
 
 REPORT_LOOP = """
@@ -42,7 +47,7 @@ def cli(*args, cwd=None, timeout=120):
     """Run the CLI.  `python -m zcloop` needs the compiled core; without it the
     same code runs as a script, so the asyncio/uvloop paths stay tested."""
     if zcloop_import_error():
-        command = [sys.executable, str(ROOT / "zcloop" / "_cli.py")]
+        command = [sys.executable, str(PACKAGE / "_cli.py")]
     else:
         command = [sys.executable, "-m", "zcloop"]
     return subprocess.run([*command, *args], cwd=cwd, env=child_env(), capture_output=True,
