@@ -3,7 +3,7 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build test test-fast test-versions test-peers bench bench-full stress asan clean
+.PHONY: setup build test test-fast test-versions test-peers test-liburing wheels bench bench-full stress asan clean
 
 setup:
 	@if [ ! -f /usr/include/liburing.h ]; then \
@@ -39,6 +39,12 @@ test-versions:  # build + full suite on each Python 3.11-3.14 found (pyenv or PA
 test-peers: build  # uvloop's and anyio's own test suites on asyncio, uvloop and zcloop (docs/peers.md)
 	$(PYTHON) scripts/peers/run.py
 
+test-liburing:  # build + tests against liburing 2.3, 2.4, 2.5, 2.7 and the newest tag, from git
+	bash scripts/test-liburing.sh
+
+wheels:  # sdist, then one manylinux wheel per Python 3.11-3.13 found, each tested installed
+	bash scripts/build-wheels.sh
+
 bench: setup
 	$(PYTHON) bench/run.py --quick
 
@@ -55,4 +61,4 @@ asan:
 		$(PYTHON) -m pytest -q -x tests
 
 clean:
-	rm -rf build zcloop/_ring.c zcloop/*.so *.egg-info
+	rm -rf build dist wheelhouse zcloop/_ring.c zcloop/*.so *.egg-info

@@ -8,6 +8,7 @@ import sys
 import sysconfig
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 LIBURING_HINT = (
     "zcloop needs the liburing headers to build: install 'liburing-dev' "
@@ -42,22 +43,30 @@ def make_extension():
         sources=["zcloop/_ring.pyx"],
         include_dirs=[include_dir, "zcloop/includes"],
         extra_compile_args=["-O2", "-fno-strict-aliasing", "-Wno-unused-function"],
+        extra_link_args=[],
     )
+    # The generated C is large: debug info makes the .so ~5x bigger
+    # (ZCLOOP_DEBUG=1 or ZCLOOP_ASAN=1 keep it).
+    if not (os.environ.get("ZCLOOP_DEBUG") or os.environ.get("ZCLOOP_ASAN")):
+        kwargs["extra_compile_args"].append("-g0")
     if static_lib:
         kwargs["extra_objects"] = [static_lib]
+        # liburing's functions stay private to the extension instead of
+        # joining the process's dynamic symbol namespace.
+        kwargs["extra_link_args"].append("-Wl,--exclude-libs,ALL")
     else:
         kwargs["library_dirs"] = libdirs
         kwargs["libraries"] = ["uring"]
     if os.environ.get("ZCLOOP_ASAN"):
         kwargs["extra_compile_args"] += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
-        kwargs["extra_link_args"] = ["-fsanitize=address"]
+        kwargs["extra_link_args"].append("-fsanitize=address")
     return Extension("zcloop._ring", **kwargs)
 
 
-def cythonize(ext):
+def cythonize(extensions):
     from Cython.Build import cythonize as _cythonize
     return _cythonize(
-        [ext],
+        extensions,
         compiler_directives={
             "language_level": "3",
             "embedsignature": True,
@@ -70,4 +79,15 @@ def cythonize(ext):
     )
 
 
-setup(ext_modules=cythonize(make_extension()))
+class build_ext(_build_ext):
+    """Cythonize at build time only: `sdist` and `egg_info` need neither
+    Cython nor liburing, and the sdist then carries the .pyx sources rather
+    than the generated C."""
+
+    def finalize_options(self):
+        self.distribution.ext_modules = cythonize([make_extension()])
+        super().finalize_options()
+
+
+setup(ext_modules=[Extension("zcloop._ring", sources=["zcloop/_ring.pyx"])],
+      cmdclass={"build_ext": build_ext})

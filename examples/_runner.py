@@ -9,11 +9,15 @@ zcloop.  With zcloop installed, the one line that matters is::
 import argparse
 import asyncio
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 LOOPS = ("zcloop", "uvloop", "asyncio")
 
 
-def make_parser(description, default_port):
+def make_parser(description: str, default_port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=default_port,
@@ -23,7 +27,7 @@ def make_parser(description, default_port):
     return parser
 
 
-def new_event_loop(name):
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "zcloop":
         import zcloop
 
@@ -35,12 +39,12 @@ def new_event_loop(name):
     return asyncio.new_event_loop()
 
 
-def loop_name():
+def loop_name() -> str:
     loop = type(asyncio.get_running_loop())
     return f"{loop.__module__}.{loop.__qualname__}"
 
 
-async def wait_for_shutdown():
+async def wait_for_shutdown() -> None:
     """Return once SIGINT or SIGTERM arrives (instead of dying mid-request)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -49,7 +53,7 @@ async def wait_for_shutdown():
     await stop.wait()
 
 
-def run(main, loop):
+def run(main: Coroutine[Any, Any, _T], loop: str) -> _T:
     """asyncio.run(main) on the named loop."""
     with asyncio.Runner(loop_factory=lambda: new_event_loop(loop)) as runner:
         return runner.run(main)

@@ -6,21 +6,23 @@
     curl 'http://127.0.0.1:8080/json?name=zcloop'
     curl -d '{"a": 1}' http://127.0.0.1:8080/json
 """
+import argparse
+
 from aiohttp import web
 
 from _runner import loop_name, make_parser, run, wait_for_shutdown
 
 
-async def hello(request):
+async def hello(request: web.Request) -> web.Response:
     return web.Response(text="Hello, World!")
 
 
-async def json_get(request):
+async def json_get(request: web.Request) -> web.Response:
     return web.json_response({"hello": request.query.get("name", "world"),
                               "loop": loop_name()})
 
 
-async def json_post(request):
+async def json_post(request: web.Request) -> web.Response:
     try:
         payload = await request.json()
     except ValueError:
@@ -28,13 +30,13 @@ async def json_post(request):
     return web.json_response({"received": payload, "loop": loop_name()})
 
 
-def make_app():
+def make_app() -> web.Application:
     app = web.Application()
     app.add_routes([web.get("/", hello), web.get("/json", json_get), web.post("/json", json_post)])
     return app
 
 
-async def main(args):
+async def main(args: argparse.Namespace) -> None:
     runner = web.AppRunner(make_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

@@ -5,27 +5,32 @@
 Protocol API by default (lowest overhead), or the Streams API with --streams.
 Try it with: nc 127.0.0.1 8888
 """
+import argparse
 import asyncio
+from typing import cast
 
 from _runner import loop_name, make_parser, run, wait_for_shutdown
 
 
 class EchoProtocol(asyncio.Protocol):
-    def __init__(self, connections):
+    transport: asyncio.Transport
+
+    def __init__(self, connections: set[asyncio.Transport]) -> None:
         self.connections = connections
 
-    def connection_made(self, transport):
-        self.transport = transport
-        self.connections.add(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # cast, not isinstance(): uvloop's and zcloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.connections.add(self.transport)
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         self.transport.write(data)
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self.transport)
 
 
-async def echo_stream(reader, writer):
+async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(64 * 1024):
             writer.write(data)
@@ -36,9 +41,9 @@ async def echo_stream(reader, writer):
         writer.close()
 
 
-async def main(args):
+async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    connections = set()
+    connections: set[asyncio.Transport] = set()
     if args.streams:
         server = await asyncio.start_server(echo_stream, args.host, args.port)
     else:

@@ -12,9 +12,11 @@ How a file body is sent:
   * bigger files are streamed with ``loop.sendfile(transport, file)``; loops
     without it (uvloop) get a chunked read/write fallback.
 """
+import argparse
 import asyncio
 import mimetypes
 import os
+from typing import BinaryIO, cast
 from urllib.parse import unquote, urlsplit
 
 from _runner import loop_name, make_parser, run, wait_for_shutdown
@@ -30,12 +32,12 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
 class FileStore:
     """Maps request paths to files under root; caches small files' contents."""
 
-    def __init__(self, root, cache_limit):
+    def __init__(self, root: str, cache_limit: int) -> None:
         self.root = os.path.realpath(root)
         self.cache_limit = cache_limit
-        self.cache = {}  # path -> (mtime_ns, size, bytes)
+        self.cache: dict[str, tuple[int, int, bytes]] = {}  # path -> (mtime_ns, size, bytes)
 
-    def resolve(self, target):
+    def resolve(self, target: str) -> str | None:
         """Return the file path for a request target, or None (-> 404)."""
         relative = unquote(urlsplit(target).path).lstrip("/")
         path = os.path.realpath(os.path.join(self.root, relative))
@@ -45,7 +47,7 @@ class FileStore:
             path = os.path.join(path, "index.html")
         return path if os.path.isfile(path) else None
 
-    def cached_body(self, path, stat):
+    def cached_body(self, path: str, stat: os.stat_result) -> bytes | None:
         """Return the file's bytes if it is small enough to keep in memory, else None."""
         if stat.st_size > self.cache_limit:
             return None
@@ -61,51 +63,54 @@ class HttpConnection(asyncio.Protocol):
     """One client connection.  A task per connection answers requests in order,
     because sendfile() is a coroutine; the Protocol callbacks only feed it."""
 
-    def __init__(self, files, connections):
+    transport: asyncio.Transport
+
+    def __init__(self, files: FileStore, connections: set["HttpConnection"]) -> None:
         self.files = files
         self.connections = connections
         self.buffer = bytearray()
         self.eof = self.lost = False
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         loop = asyncio.get_running_loop()
-        self.transport = transport
+        # cast, not isinstance(): uvloop's and zcloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         self.data_arrived = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
         self.connections.add(self)
         self.task = loop.create_task(self.serve())
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.data_arrived.set()
         if len(self.buffer) > MAX_HEADER_BYTES:
             self.transport.pause_reading()  # a client pipelining faster than we answer
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.eof = True
         self.data_arrived.set()
         return True  # keep the transport open: we may still be answering
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.data_arrived.set()
         self.writable.set()
         self.connections.discard(self)
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         self.writable.clear()
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         self.writable.set()
 
-    def close(self):
+    def close(self) -> None:
         self.task.cancel()
         self.transport.close()
 
     # ---------------------------------------------------------------- reading
 
-    async def read_head(self):
+    async def read_head(self) -> bytes | None:
         """Return the next request's head (bytes, without the blank line) or None at EOF."""
         while True:
             end = self.buffer.find(b"\r\n\r\n")
@@ -119,7 +124,7 @@ class HttpConnection(asyncio.Protocol):
             self.data_arrived.clear()
             await self.data_arrived.wait()
 
-    async def discard_body(self, length):
+    async def discard_body(self, length: int) -> None:
         while len(self.buffer) < length and not (self.eof or self.lost):
             self.data_arrived.clear()
             await self.data_arrived.wait()
@@ -127,7 +132,7 @@ class HttpConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- serving
 
-    async def serve(self):
+    async def serve(self) -> None:
         try:
             while not self.lost:
                 head = await self.read_head()
@@ -142,12 +147,12 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self.transport.close()
 
-    async def handle(self, head):
+    async def handle(self, head: bytes) -> bool:
         """Answer one request; return whether to keep the connection open."""
         try:
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
             method, target, version = request_line.split(" ")
-            headers = {}
+            headers: dict[str, str] = {}
             for line in header_lines:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
@@ -176,7 +181,8 @@ class HttpConnection(asyncio.Protocol):
                 await self.send_file(path, keep_alive, head_only=method == "HEAD")
         return keep_alive
 
-    def write_head(self, status, length, content_type, keep_alive, extra=None):
+    def write_head(self, status: int, length: int, content_type: str, keep_alive: bool,
+                   extra: dict[str, str] | None = None) -> bytes:
         lines = [f"HTTP/1.1 {status} {REASONS[status]}",
                  f"Content-Length: {length}",
                  f"Content-Type: {content_type}",
@@ -184,13 +190,14 @@ class HttpConnection(asyncio.Protocol):
         lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def respond_error(self, status, keep_alive, extra=None):
+    async def respond_error(self, status: int, keep_alive: bool,
+                            extra: dict[str, str] | None = None) -> None:
         body = f"{status} {REASONS[status]}\n".encode()
         self.transport.write(
             self.write_head(status, len(body), "text/plain", keep_alive, extra) + body)
         await self.drain()
 
-    async def send_file(self, path, keep_alive, head_only):
+    async def send_file(self, path: str, keep_alive: bool, head_only: bool) -> None:
         stat = os.stat(path)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         head = self.write_head(200, stat.st_size, content_type, keep_alive)
@@ -215,30 +222,30 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(body)
         await self.drain()
 
-    async def drain(self):
+    async def drain(self) -> None:
         await self.writable.wait()
         if self.lost:
             raise ConnectionResetError("connection lost")
 
 
-async def sendfile(transport, file):
+async def sendfile(transport: asyncio.Transport, file: BinaryIO) -> None:
     loop = asyncio.get_running_loop()
     try:
         await loop.sendfile(transport, file)
         return
     except NotImplementedError:
         pass  # e.g. uvloop: no loop.sendfile
-    protocol = transport.get_protocol()
+    protocol = cast(HttpConnection, transport.get_protocol())
     # Blocking reads are fine here: a page-cache hit costs microseconds.
     while chunk := file.read(CHUNK):
         transport.write(chunk)
         await protocol.drain()
 
 
-async def main(args):
+async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     files = FileStore(args.root, args.cache_limit)
-    connections = set()
+    connections: set[HttpConnection] = set()
     server = await loop.create_server(lambda: HttpConnection(files, connections),
                                       args.host, args.port)
     host, port = server.sockets[0].getsockname()[:2]

@@ -6,27 +6,28 @@ Try it with two terminals running: python -m websockets ws://127.0.0.1:8765/
 Each client gets a name (user1, user2, ...); the server broadcasts
 "<name> joined", "<name>: <message>" and "<name> left".
 """
+import argparse
 import itertools
 
-from websockets.asyncio.server import broadcast, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 from _runner import loop_name, make_parser, run, wait_for_shutdown
 
 
 class ChatRoom:
-    def __init__(self):
-        self.members = set()
+    def __init__(self) -> None:
+        self.members: set[ServerConnection] = set()
         self.numbers = itertools.count(1)
 
-    async def handle(self, websocket):
+    async def handle(self, websocket: ServerConnection) -> None:
         name = f"user{next(self.numbers)}"
         await websocket.send(f"welcome {name}")
         self.members.add(websocket)
         broadcast(self.members, f"{name} joined")
         try:
             async for message in websocket:
-                broadcast(self.members, f"{name}: {message}")
+                broadcast(self.members, f"{name}: {message!s}")
         except ConnectionClosed:
             pass
         finally:
@@ -34,7 +35,7 @@ class ChatRoom:
             broadcast(self.members, f"{name} left")
 
 
-async def main(args):
+async def main(args: argparse.Namespace) -> None:
     room = ChatRoom()
     async with serve(room.handle, args.host, args.port) as server:
         host, port = next(iter(server.sockets)).getsockname()[:2]

@@ -1,8 +1,11 @@
 """``python -m zcloop run`` / ``compare`` and the sitecustomize shim, run for real
 in subprocesses.  No assertion is about timings."""
 import functools
+import importlib.util
 import json
 import os
+import runpy
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-INJECT_DIR = ROOT / "zcloop" / "_inject"
+# The zcloop package under test: this checkout's, or the installed one when the
+# tests run from a copy outside the source tree (scripts/build-wheels.sh).
+# Located without importing it: the compiled core may be missing.
+PACKAGE = Path(importlib.util.find_spec("zcloop").submodule_search_locations[0])
+INJECT_DIR = PACKAGE / "_inject"
 LOOP_MODULE = {"asyncio": "asyncio", "uvloop": "uvloop", "zcloop": "zcloop"}
 
 REPORT_LOOP = """
@@ -42,7 +49,7 @@ def cli(*args, cwd=None, timeout=120):
     """Run the CLI.  `python -m zcloop` needs the compiled core; without it the
     same code runs as a script, so the asyncio/uvloop paths stay tested."""
     if zcloop_import_error():
-        command = [sys.executable, str(ROOT / "zcloop" / "_cli.py")]
+        command = [sys.executable, str(PACKAGE / "_cli.py")]
     else:
         command = [sys.executable, "-m", "zcloop"]
     return subprocess.run([*command, *args], cwd=cwd, env=child_env(), capture_output=True,
@@ -206,3 +213,146 @@ def test_sitecustomize_refuses_unknown_loop():
     assert done.returncode != 0
     assert "ran" not in done.stdout
     assert "nosuchloop" in done.stderr
+
+
+# ------------------------------------------- friendly errors, --version, skips
+
+def assert_one_line_error(done, status, text):
+    assert done.returncode == status, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], done.stderr
+
+
+def test_version():
+    done = cli("--version")
+    assert done.returncode == 0, done.stderr
+    version = runpy.run_path(str(PACKAGE / "_version.py"))["__version__"]
+    assert done.stdout.split() == ["zcloop", version]
+
+
+def test_run_missing_script_like_python(tmp_path):
+    """Python's own status (2) and wording, in one line."""
+    missing = tmp_path / "missing.py"
+    python = subprocess.run([sys.executable, str(missing)], capture_output=True, text=True,
+                            timeout=60)
+    reason = python.stderr.strip().split(": ", 1)[1]  # after "/path/to/python: "
+    assert_one_line_error(cli("run", "--loop", "asyncio", str(missing)), python.returncode,
+                          reason)
+
+
+@pytest.mark.parametrize("module", ["no_such_module_xyz", "no_such_pkg_xyz.sub", "email"])
+def test_run_missing_module_like_python(tmp_path, module):
+    python = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert python.returncode == 1
+    # Python words a missing parent package as "Error while finding module
+    # specification for ... (ModuleNotFoundError: No module named ...)".
+    reason = python.stderr.strip().rsplit("No module named ", 1)[1].rstrip(")")
+    done = cli("run", "--loop", "asyncio", "-m", module, cwd=tmp_path)
+    assert_one_line_error(done, 1, "No module named " + reason)
+
+
+@pytest.fixture(scope="module")
+def no_uvloop(tmp_path_factory):
+    """(python, env) of an interpreter that has zcloop but not uvloop: a
+    venv without site packages, zcloop put on its path via a symlink."""
+    base = tmp_path_factory.mktemp("no-uvloop")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")],
+                   check=True, timeout=120)
+    (base / "path").mkdir()
+    (base / "path" / "zcloop").symlink_to(PACKAGE, target_is_directory=True)
+    python = str(base / "venv" / "bin" / "python")
+    env = dict(os.environ, PYTHONPATH=str(base / "path"))
+    probe = subprocess.run([python, "-c", "import uvloop"], env=env, capture_output=True,
+                           timeout=60)
+    assert probe.returncode != 0
+    return python, env
+
+
+def test_run_missing_loop(tmp_path, no_uvloop):
+    python, env = no_uvloop
+    script = tmp_path / "app.py"
+    script.write_text(REPORT_LOOP)
+    done = subprocess.run([python, "-m", "zcloop", "run", "--loop", "uvloop", str(script)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(done, 1, "uvloop is not installed")
+
+
+def test_compare_skips_loops_not_installed(no_uvloop):
+    """Default loops without uvloop: uvloop skipped and named, ratios only
+    against asyncio (which ran)."""
+    if error := zcloop_import_error():
+        pytest.skip(f"import zcloop fails: {error}")
+    python, env = no_uvloop
+    done = subprocess.run([python, "-m", "zcloop", "compare", "--runs", "1", "--",
+                           python, "-c", "pass"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "skipping uvloop: uvloop is not installed" in done.stderr
+    assert "skipped uvloop: uvloop is not installed" in done.stdout
+    header = next(line for line in done.stdout.splitlines() if line.startswith("loop"))
+    assert "wall/asyncio" in header and "uvloop" not in header
+    rows = [line.split()[0] for line in done.stdout.splitlines()
+            if line.split() and line.split()[0] in LOOP_MODULE]
+    assert rows == ["asyncio", "zcloop"]
+
+
+def test_compare_ratios_only_against_successful_runs():
+    """asyncio (the first loop, the usual base) fails: no ratio to it."""
+    code = ("import asyncio, sys\n"
+            "async def main(): return type(asyncio.get_running_loop()).__module__\n"
+            "sys.exit(asyncio.run(main()).startswith('asyncio'))\n")
+    done = cli("compare", "--runs", "1", "--loops", "asyncio,uvloop", "--",
+               sys.executable, "-c", code)
+    assert done.returncode == 1
+    header = next(line for line in done.stdout.splitlines() if line.startswith("loop"))
+    assert "wall/asyncio" not in header and "wall/uvloop" in header
+    assert table_row(done.stdout, "asyncio")[-1] == "1"
+
+
+def test_compare_without_any_usable_loop(no_uvloop):
+    python, env = no_uvloop
+    done = subprocess.run([python, "-m", "zcloop", "compare", "--loops", "uvloop", "--",
+                           python, "-c", "pass"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "no loop left to compare" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def noiouring(tmp_path_factory):
+    """tests/helpers/noiouring.c: runs a command with io_uring blocked by
+    seccomp (as test_fallback.py uses it; not imported from there, since this
+    module must load without the compiled core)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    exe = tmp_path_factory.mktemp("helper") / "noiouring"
+    proc = subprocess.run([gcc, "-O2", "-o", str(exe), str(ROOT / "tests" / "helpers" / "noiouring.c")],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build the seccomp helper: {proc.stderr}")
+    return str(exe)
+
+
+def test_io_uring_unavailable_names_run_fallback(tmp_path, noiouring):
+    if error := zcloop_import_error():
+        pytest.skip(f"import zcloop fails: {error}")
+    script = tmp_path / "app.py"
+    script.write_text(REPORT_LOOP)
+    env = child_env()
+    for name in ("ZCLOOP_FALLBACK", "ZCLOOP_DISABLE"):
+        env.pop(name, None)
+    command = [noiouring, sys.executable, "-m", "zcloop", "run"]
+    done = subprocess.run([*command, str(script)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert_one_line_error(done, 1, "python -m zcloop run --fallback")
+    assert "io_uring" in done.stderr
+    # And with it: asyncio's loop, after one warning.
+    done = subprocess.run([*command, "--fallback", str(script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert last_json(done.stdout)["module"].startswith("asyncio")
+    assert "RuntimeWarning" in done.stderr

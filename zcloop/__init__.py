@@ -12,13 +12,14 @@ import sys as _sys
 import warnings as _warnings
 
 from ._ring import (Loop, IoUringUnavailableError, ZeroCopyWrite, BufferPool, PoolExhausted,
-                    features, _probe_unavailable)
+                    StreamTransport, DatagramTransport, features, _probe_unavailable)
+from ._version import __version__
 
 __all__ = (
     "Loop", "new_event_loop", "EventLoopPolicy", "install", "run", "features",
-    "IoUringUnavailableError", "ZeroCopyWrite", "BufferPool", "PoolExhausted", "available", "FALLBACK_ENV", "DISABLE_ENV",
+    "IoUringUnavailableError", "ZeroCopyWrite", "BufferPool", "PoolExhausted",
+    "StreamTransport", "DatagramTransport", "available", "FALLBACK_ENV", "DISABLE_ENV",
 )
-__version__ = "0.1.0"
 
 #: Set to 1 to make every zcloop entry point fall back to asyncio's loop
 #: (with one warning) when io_uring cannot be used, instead of raising.
@@ -124,10 +125,20 @@ def install(*, fallback=None):
         _asyncio.set_event_loop_policy(EventLoopPolicy(fallback=fallback))
 
 
-def run(main, *, debug=None, fallback=None, **run_kwargs):
-    """Run coroutine ``main`` on a new zcloop loop, like asyncio.run()."""
-    def loop_factory():
-        return new_event_loop(fallback=fallback)
+def run(main, *, loop_factory=None, debug=None, fallback=None, **run_kwargs):
+    """Run coroutine ``main`` on a new zcloop loop, like asyncio.run().
+
+    ``loop_factory`` (as in uvloop.run() and asyncio.run()) replaces
+    zcloop.new_event_loop, e.g. to pass Loop(disable_features=...);
+    ``fallback`` is new_event_loop's, so it cannot be combined with one.
+    Other keyword arguments go to asyncio.Runner.
+    """
+    if loop_factory is None:
+        def loop_factory():
+            return new_event_loop(fallback=fallback)
+    elif fallback is not None:
+        raise TypeError("zcloop.run(): fallback applies to zcloop's own loop factory; "
+                        "pass either loop_factory or fallback, not both")
 
     with _asyncio.Runner(debug=debug, loop_factory=loop_factory, **run_kwargs) as runner:
         return runner.run(main)

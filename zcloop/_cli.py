@@ -4,6 +4,7 @@ This module must not need the compiled core at import time: ``compare`` and
 ``run --loop asyncio|uvloop`` work without it.
 """
 import argparse
+import importlib.util
 import json
 import os
 import runpy
@@ -21,15 +22,57 @@ INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_inject")
 LOOP_ENV = "ZCLOOP_LOOP"
 
 
+class CliError(Exception):
+    """A one-line error for the user (no traceback); args: message, exit status."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+def version():
+    # Read, not imported: `import zcloop` needs the compiled core.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_version.py")
+    return runpy.run_path(path)["__version__"]
+
+
+def import_zcloop():
+    try:
+        import zcloop
+    except ImportError as exc:
+        raise CliError(f"zcloop cannot be imported ({type(exc).__name__}: {exc})") from None
+    return zcloop
+
+
+def loop_unavailable(name):
+    """None if this interpreter can run the named loop, else why not."""
+    try:
+        if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            return "uvloop is not installed (pip install uvloop)"
+        if name == "zcloop":
+            zcloop = import_zcloop()
+            if not zcloop._env_flag(zcloop.DISABLE_ENV):  # disabled: asyncio's loop, on purpose
+                return zcloop.available()
+    except CliError as exc:
+        return str(exc)
+    return None
+
+
 # ---------------------------------------------------------------------- run
 
 def install_loop(name, *, fallback=False):
     """Make asyncio.run() / asyncio.new_event_loop() use the named loop."""
     if name == "zcloop":
-        import zcloop
-
+        zcloop = import_zcloop()
+        if not (fallback or zcloop._env_flag(zcloop.FALLBACK_ENV)):
+            reason = loop_unavailable(name)
+            if reason is not None:
+                raise CliError(f"{reason}; or pass --fallback: python -m zcloop run --fallback ...")
         zcloop.install(fallback=fallback or None)
     elif name == "uvloop":
+        reason = loop_unavailable(name)
+        if reason is not None:
+            raise CliError(reason)
         import asyncio
         import warnings
 
@@ -41,14 +84,33 @@ def install_loop(name, *, fallback=False):
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def check_module(module):
+    """Fail like `python -m module` does when there is nothing to run."""
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.submodule_search_locations is not None:
+            if importlib.util.find_spec(module + ".__main__") is None:
+                raise CliError(f"No module named {module}.__main__; {module!r} is a package "
+                               "and cannot be directly executed")
+    except ImportError as exc:  # a parent package is missing
+        raise CliError(str(exc)) from None
+    if spec is None:
+        raise CliError(f"No module named {module}")
+
+
 def run_program(args, parser):
     if args.module:
         module, *program_args = args.module
+        sys.path[0] = os.getcwd()  # what `python -m module` puts there
+        check_module(module)
         install_loop(args.loop, fallback=args.fallback)
         sys.argv = [module, *program_args]
-        sys.path[0] = os.getcwd()  # what `python -m module` puts there
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     elif args.script:
+        if not os.path.exists(args.script):
+            # Python's own wording and status for `python missing.py`.
+            raise CliError(f"can't open file {os.path.abspath(args.script)!r}: "
+                           "[Errno 2] No such file or directory", status=2)
         install_loop(args.loop, fallback=args.fallback)
         sys.argv = [args.script, *args.args]
         sys.path[0] = os.path.dirname(os.path.abspath(args.script))
@@ -138,6 +200,13 @@ def run_once(command, loop, *, timeout, show_output):
             "exit_code": exit_code, "status": status_text, "stderr": tail}
 
 
+def ratio_bases(summary, loops):
+    """The loops ratios are relative to: the first one compared and uvloop,
+    where every run of it exited 0 (a ratio to a failed run means nothing)."""
+    return [base for base in dict.fromkeys([loops[0], "uvloop"])
+            if base in summary and summary[base]["status"] == ["0"]]
+
+
 def summarize(samples, loops):
     summary = {}
     for loop in loops:
@@ -149,9 +218,7 @@ def summarize(samples, loops):
                           "max": max(values)}
         entry["maxrss_floor_kib"] = max(s["maxrss_floor_kib"] for s in mine)
         summary[loop] = entry
-    for base in dict.fromkeys([loops[0], "uvloop"]):
-        if base not in summary:
-            continue
+    for base in ratio_bases(summary, loops):
         for loop in loops:
             for key in ("wall", "cpu"):
                 reference = summary[base][key]["median"]
@@ -177,7 +244,7 @@ def compare_table(summary, loops):
         return "/".join(("<=" if floor is not None and stats[k] <= floor else "")
                         + f"{stats[k] * scale:.{digits}f}" for k in ("min", "median", "max"))
 
-    bases = [b for b in dict.fromkeys([loops[0], "uvloop"]) if b in summary]
+    bases = ratio_bases(summary, loops)
     header = ["loop", "wall s min/med/max", "cpu s min/med/max", "peak RSS MiB min/med/max"]
     for base in bases:
         header += [f"wall/{base}", f"cpu/{base}"]
@@ -205,6 +272,14 @@ def compare(args, parser):
         parser.error(f"unknown loop(s) {', '.join(unknown)}; choose from {', '.join(LOOPS)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    # Only loops this interpreter can run: uvloop is optional, and zcloop needs
+    # io_uring.  Each skipped one is named with the reason.
+    skipped = {loop: reason for loop in loops if (reason := loop_unavailable(loop))}
+    for loop, reason in skipped.items():
+        print(f"skipping {loop}: {reason}", file=sys.stderr, flush=True)
+    loops = [loop for loop in loops if loop not in skipped]
+    if not loops:
+        raise CliError("no loop left to compare")
 
     samples, total, shown_errors = [], args.runs * len(loops), set()
     for run in range(args.runs):
@@ -224,10 +299,12 @@ def compare(args, parser):
     summary = summarize(samples, loops)
     print(f"command: {subprocess.list2cmdline(command)}  ({args.runs} run(s) per loop)")
     print(compare_table(summary, loops))
+    for loop, reason in skipped.items():
+        print(f"skipped {loop}: {reason}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": command, "loops": loops, "runs": args.runs,
-                       "samples": samples, "summary": summary}, f, indent=2)
+            json.dump({"command": command, "loops": loops, "skipped": skipped,
+                       "runs": args.runs, "samples": samples, "summary": summary}, f, indent=2)
     return 0 if all(s["exit_code"] == 0 for s in samples) else 1
 
 
@@ -237,6 +314,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m zcloop",
         description="Run asyncio programs on zcloop, or compare event loops on one command.")
+    parser.add_argument("--version", action="version", version=f"zcloop {version()}")
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -263,7 +341,8 @@ def build_parser():
                     f"...) via a sitecustomize shim and {LOOP_ENV}.",
         usage="python -m zcloop compare [options] -- COMMAND ...")
     cmp.add_argument("--loops", default="asyncio,uvloop,zcloop",
-                     help="comma-separated loops to compare (default: %(default)s)")
+                     help="comma-separated loops to compare (default: %(default)s; "
+                          "those not usable here are skipped, with the reason)")
     cmp.add_argument("--runs", type=int, default=3, help="runs per loop (default: %(default)s)")
     cmp.add_argument("--json", metavar="FILE", help="write raw samples and the summary here")
     cmp.add_argument("--timeout", type=float, metavar="S",
@@ -277,7 +356,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.handler(args, args.subparser)
+    try:
+        return args.handler(args, args.subparser)
+    except CliError as exc:
+        args.subparser.exit(exc.status, f"{args.subparser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -62,11 +62,20 @@ static inline unsigned zc_reap(struct io_uring *ring, zc_cqe *out, unsigned max)
     return n;
 }
 
+/* The provided-buffer registration's flags field: `pad` in liburing 2.3's
+ * uapi copy, renamed `flags` in 2.4, the first release that ships
+ * liburing/io_uring_version.h (included by liburing.h, defines the
+ * IO_URING_VERSION_* macros). */
+#ifdef IO_URING_VERSION_MAJOR
+#define ZC_BUF_REG_FLAGS(reg) ((reg).flags)
+#else
+#define ZC_BUF_REG_FLAGS(reg) ((reg).pad)
+#endif
+
 /* Register an empty provided-buffer ring with room for `entries` buffers
  * (group `bgid`); buffers are added with zc_buf_ring_push + _commit.  Returns
  * the ring memory or NULL with -errno in *err.  liburing 2.3 ignores the flags
- * argument of io_uring_register_buf_ring, so flags go into reg.pad (newer:
- * reg.flags). */
+ * argument of io_uring_register_buf_ring, so flags go into the struct. */
 static inline struct io_uring_buf_ring *
 zc_buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
                      unsigned short flags, size_t *map_len, int *err)
@@ -85,7 +94,7 @@ zc_buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
     reg.ring_addr = (unsigned long)br;
     reg.ring_entries = entries;
     reg.bgid = bgid;
-    reg.pad = flags;
+    ZC_BUF_REG_FLAGS(reg) = flags;
     ret = io_uring_register_buf_ring(ring, &reg, 0);
     if (ret) {
         munmap(br, len);

@@ -4,7 +4,10 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from posix.types cimport off_t
 
 
-cdef extern from "<linux/time_types.h>":
+# liburing.h provides struct __kernel_timespec: its configure-generated
+# liburing/compat.h includes <linux/time_types.h> where the kernel headers have
+# it and defines the struct itself where they do not (manylinux2014).
+cdef extern from "compat.h":
     struct __kernel_timespec:
         long long tv_sec
         long long tv_nsec
