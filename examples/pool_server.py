@@ -12,14 +12,18 @@ let go of it.  ``await pool.acquire()`` waits while every block is in flight,
 which bounds the memory a slow client can hold.  Other loops read into bytes
 and write() them.
 """
+import argparse
 import asyncio
 import os
+from io import BufferedReader
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
+import zcloop
 from _runner import loop_name, make_parser, run, wait_for_shutdown
 
 
-def resolve(root, target):
+def resolve(root: str, target: str) -> str | None:
     relative = unquote(urlsplit(target).path).lstrip("/")
     path = os.path.realpath(os.path.join(root, relative))
     if os.path.commonpath([path, root]) != root:
@@ -29,7 +33,8 @@ def resolve(root, target):
     return path if os.path.isfile(path) else None
 
 
-async def send_file(writer, file, pool):
+async def send_file(writer: asyncio.StreamWriter, file: BufferedReader,
+                    pool: zcloop.BufferPool | None) -> None:
     if pool is None:
         while chunk := file.read(256 * 1024):
             writer.write(chunk)
@@ -42,12 +47,16 @@ async def send_file(writer, file, pool):
         if not n:
             pool.release(view)          # never written: give it back
             return
-        writer.transport.write_zc(view[:n])   # back to the pool when released
+        # cast, not isinstance(): with a pool the loop is zcloop, whose
+        # transports do not subclass asyncio.Transport.
+        transport = cast(zcloop.StreamTransport, writer.transport)
+        transport.write_zc(view[:n])    # back to the pool when released
         del view                        # the block is the kernel's now
         await writer.drain()
 
 
-async def handle(reader, writer, root, pool):
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, root: str,
+                 pool: zcloop.BufferPool | None) -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
         method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
@@ -69,16 +78,17 @@ async def handle(reader, writer, root, pool):
         writer.close()
 
 
-async def main(args):
+async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     root = os.path.realpath(args.root)
     pool = None
-    if hasattr(loop, "create_zc_pool"):
+    fixed = "no pool"
+    if isinstance(loop, zcloop.Loop):
         pool = loop.create_zc_pool(args.block_size, args.blocks)
+        fixed = loop.zc_stats()["fixed_buffers"]
     server = await asyncio.start_server(lambda r, w: handle(r, w, root, pool),
                                         args.host, args.port)
     host, port = server.sockets[0].getsockname()[:2]
-    fixed = loop.zc_stats()["fixed_buffers"] if pool is not None else "no pool"
     print(f"serving {root} on http://{host}:{port}/, loop {loop_name()}, "
           f"buffers {fixed}", flush=True)
     await wait_for_shutdown()

@@ -19,15 +19,15 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from concurrent.futures import Executor
 from contextvars import Context
 from socket import AddressFamily, AddressInfo, _Address, _GetAddrInfoResult, _RetAddress, socket
-from typing import IO, Any, Literal, TypedDict, TypeVar, overload, type_check_only
+from typing import IO, Any, Literal, TypedDict, TypeVar, final, overload, type_check_only
 
 from _typeshed import FileDescriptorLike, ReadableBuffer, StrPath, WriteableBuffer
 from typing_extensions import TypeAlias, TypeVarTuple, Unpack, disjoint_base
 
 __all__ = (
     "Loop", "new_event_loop", "EventLoopPolicy", "install", "run", "features",
-    "IoUringUnavailableError", "ZeroCopyWrite", "StreamTransport", "DatagramTransport",
-    "available", "FALLBACK_ENV", "DISABLE_ENV",
+    "IoUringUnavailableError", "ZeroCopyWrite", "BufferPool", "PoolExhausted",
+    "StreamTransport", "DatagramTransport", "available", "FALLBACK_ENV", "DISABLE_ENV",
 )
 
 _T = TypeVar("_T")
@@ -123,6 +123,7 @@ class DatagramTransport(_RingTransport):
 
 class PoolExhausted(Exception): ...
 
+@final
 class BufferPool:
     """Registered buffer pool returned by ``loop.create_zc_pool()``."""
     @property
