@@ -29,12 +29,12 @@ TESTS=${TESTS:-core}
 CORE_TESTS="tests/test_core_features.py tests/test_core_run.py tests/test_core_close.py
   tests/test_core_fd.py tests/test_streams.py tests/test_streams_zc.py tests/test_udp.py
   tests/test_sendfile.py tests/test_servers.py tests/test_fallback.py tests/test_degraded.py
-  tests/test_badinput.py"
+  tests/test_badinput.py tests/test_pool.py"
 
 if ! git --git-dir="$LIBURING_GIT" rev-parse -q --verify HEAD >/dev/null 2>&1 &&
    ! git --git-dir="$LIBURING_GIT" tag | grep -q .; then
     echo "no liburing git repository at LIBURING_GIT=$LIBURING_GIT" >&2
-    echo "(git clone --bare https://github.com/axboe/liburing <dir>; LIBURING_GIT=<dir>)" >&2
+    echo "(a bare clone of liburing's repository, axboe/liburing: LIBURING_GIT=<dir>)" >&2
     exit 2
 fi
 newest=$(git --git-dir="$LIBURING_GIT" tag -l 'liburing-*' | grep -v -- -rc | sort -V | tail -n 1)
