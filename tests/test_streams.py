@@ -127,6 +127,71 @@ def test_protocol_errors_are_fatal():
     assert a[0][0] == ('ZeroDivisionError', 'boom')
 
 
+class _EofBuffered(asyncio.BufferedProtocol):
+    """Records every callback; get_buffer() behaves as ``mode`` says once
+    data has been received (so at EOF when the peer sent nothing)."""
+    def __init__(self, mode):
+        self.mode = mode
+        self.calls = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.calls.append('connection_made')
+
+    def get_buffer(self, sizehint):
+        self.calls.append('get_buffer')
+        if self.mode == 'raise':
+            raise ZeroDivisionError('no buffer')
+        return bytearray(0 if self.mode == 'empty' else 64)
+
+    def buffer_updated(self, nbytes):
+        self.calls.append('buffer_updated')
+
+    def eof_received(self):
+        self.calls.append('eof_received')
+
+    def connection_lost(self, exc):
+        self.calls.append('connection_lost')
+        self.lost.set_result(exc)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize('mode', ['ok', 'ok-paused', 'raise', 'empty'])
+def test_buffered_protocol_get_buffer_at_eof(read_path_factory, mode):
+    """asyncio asks a BufferedProtocol for a buffer before each recv, the one
+    that returns EOF included: get_buffer() comes right before eof_received();
+    if it raises or returns an empty buffer at that moment, the transport
+    fails with 'Fatal error: protocol.get_buffer() call failed.' and
+    eof_received() is never called."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = []
+        loop.set_exception_handler(lambda l, ctx: seen.append(ctx['message']))
+        tr, pr, conn = await raw_peer(loop, lambda: _EofBuffered(mode))
+        with conn:
+            if mode == 'ok-paused':
+                tr.pause_reading()
+            conn.shutdown(socket.SHUT_WR)
+            if mode == 'ok-paused':
+                for _ in range(10):
+                    await asyncio.sleep(0.01)
+                assert pr.calls == ['connection_made']
+                tr.resume_reading()
+            exc = await asyncio.wait_for(pr.lost, 10)
+        return pr.calls, type(exc).__name__, seen
+
+    calls, exc, seen = run(read_path_factory, main)
+    if mode.startswith('ok'):
+        assert (calls, exc, seen) == (
+            ['connection_made', 'get_buffer', 'eof_received', 'connection_lost'],
+            'NoneType', [])
+    else:
+        assert (calls, exc, seen) == (
+            ['connection_made', 'get_buffer', 'connection_lost'],
+            'ZeroDivisionError' if mode == 'raise' else 'RuntimeError',
+            ['Fatal error: protocol.get_buffer() call failed.'])
+
+
 def test_eof_received_keep_open_half_close(read_path_factory):
     """Peer shuts down its write side; eof_received returns True; we can
     still write back and the peer reads it before our FIN."""

@@ -202,16 +202,10 @@ class _DatagramAPI:
             pass
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # The socket buffer is full: a SENDMSG on the ring waits for room.
-            try:
-                return await _sock_sendto_submit(loop, sock, data, address)
-            except (BlockingIOError, InterruptedError):
-                # io_uring gives up with EAGAIN on O_NONBLOCK sockets when a
-                # retry after its poll would still block: poll and retry.
-                pass
-        # Other families (AF_UNIX: see the MSG_DONTWAIT note in handles/udp.pyx) and
-        # the fallback above: wait for POLLOUT, then sendto(), as asyncio.
+        # The socket buffer is full: wait for POLLOUT, then sendto(), as
+        # asyncio does.  Never a SENDMSG on the ring: that would still send
+        # after a cancellation of this call (the kernel may have taken the
+        # datagram before the cancel arrives); a cancelled poll sends nothing.
         while True:
             await wait_fd(loop, fd, POLLOUT)
             try:

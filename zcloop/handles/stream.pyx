@@ -443,6 +443,17 @@ cdef class StreamTransport(RingTransport):
                 self._deliver(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data)
 
     cdef _on_eof(self):
+        if self._buffered and self._ssl is None and not self._is_pipe:
+            # asyncio's socket transport asks a BufferedProtocol for a buffer
+            # before every recv, the one that returns EOF included.
+            try:
+                if not len(self._protocol.get_buffer(-1)):
+                    raise RuntimeError('get_buffer() returned an empty buffer')
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return
         self._read_eof = True
         if self._loop._debug:
             logger.debug("%r received EOF", self)

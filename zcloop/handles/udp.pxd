@@ -35,14 +35,6 @@ cdef class _DgramWritable(UringOp):
     cdef DatagramTransport transport
 
 
-cdef class _SockSendto(_FutureOp):
-    cdef:
-        object data
-        msghdr msg
-        iovec iov
-        sockaddr_storage addr
-
-
 cdef class DatagramTransport(RingTransport):
     cdef:
         object _address                 # remote_addr given to create_datagram_endpoint

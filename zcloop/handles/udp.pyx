@@ -152,35 +152,6 @@ cdef class _DgramWritable(UringOp):
         return 0
 
 
-cdef class _SockSendto(_FutureOp):
-    # loop.sock_sendto() when the direct sendto() would block: one SENDMSG
-    # with the destination, resolving the future with the byte count.
-    pass
-
-
-cdef object _sock_sendto_submit(RingLoop loop, object sock, object data, object address):
-    cdef _SockSendto op = _SockSendto.__new__(_SockSendto)
-    cdef io_uring_sqe *sqe
-    cdef socklen_t addrlen = 0
-    cdef bint resolved
-    _dgram_sockaddr(sock.family, address, &op.addr, &addrlen, &resolved)
-    if type(data) is not bytes:
-        data = bytes(data)
-    op.data = data
-    op.iov.iov_base = PyBytes_AS_STRING(data)
-    op.iov.iov_len = len(<bytes>data)
-    op.msg.msg_name = &op.addr
-    op.msg.msg_namelen = addrlen
-    op.msg.msg_iov = &op.iov
-    op.msg.msg_iovlen = 1
-    op.msg.msg_control = NULL
-    op.msg.msg_controllen = 0
-    op.msg.msg_flags = 0
-    sqe = loop._sqe()
-    io_uring_prep_sendmsg(sqe, sock.fileno(), &op.msg, MSG_NOSIGNAL)
-    return op._track_future(loop, sqe)
-
-
 cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, object protocol,
                                                object address, object waiter, object extra):
     cdef DatagramTransport t = DatagramTransport.__new__(DatagramTransport)
