@@ -652,63 +652,6 @@ def test_unix_server_removes_stale_socket(loop_factory, tmp_path):
     run(loop_factory, main)
 
 
-@pytest.mark.skipif(not IS_313, reason='cleanup_socket is 3.13+')
-@pytest.mark.parametrize('how', ['wait_closed', 'loop_close', 'replaced', 'keep'])
-def test_unix_server_cleanup_socket(loop_factory, tmp_path, how):
-    """3.13's cleanup_socket: close() removes the socket file if it is still
-    the one the server bound (a file put at the path meanwhile stays); it is
-    gone once wait_closed() returns, or once the loop is closed when nobody
-    waits.  zcloop removes it on the ring, so right after close() it may
-    still be there (asyncio's close() unlinks synchronously);
-    docs/design.md."""
-    path = str(tmp_path / 'sock')
-    seen = []
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda l, ctx: seen.append(ctx['message']))
-        srv = await loop.create_unix_server(Recorder, path,
-                                            cleanup_socket=(how != 'keep'))
-        other = None
-        if how == 'replaced':
-            os.unlink(path)
-            other = socket.socket(socket.AF_UNIX)
-            other.bind(path)
-        srv.close()
-        if how != 'loop_close':
-            await srv.wait_closed()
-            for _ in range(5):
-                await asyncio.sleep(0)
-        if other is not None:
-            other.close()
-        return os.path.exists(path) if how != 'loop_close' else None
-
-    exists = run(loop_factory, main)
-    if how == 'loop_close':
-        exists = os.path.exists(path)
-    assert (exists, seen) == (how in ('replaced', 'keep'), [])
-
-
-@pytest.mark.skipif(not IS_313, reason='cleanup_socket is 3.13+')
-def test_unix_server_reopen_right_after_close(loop_factory, tmp_path):
-    """close() and at once a new server at the same path (no wait_closed()):
-    the old server's socket-file removal never takes the new socket."""
-    path = str(tmp_path / 'sock')
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        for _ in range(20):
-            srv = await loop.create_unix_server(Recorder, path)
-            tr, pr = await loop.create_unix_connection(Recorder, path)
-            tr.close()
-            await pr.lost
-            srv.close()
-        await srv.wait_closed()
-        return os.path.exists(path)
-
-    assert run(loop_factory, main) is False
-
-
 def test_unix_server_path_errors(tmp_path):
     regular = tmp_path / 'regular'
     regular.write_text('not a socket')

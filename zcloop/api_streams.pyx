@@ -68,93 +68,6 @@ async def _ring_unlink(RingLoop loop, path):
     await op._track_future(loop, sqe)
 
 
-# path -> done future of a _UnixSocketCleanup in flight: a new server at the
-# same path waits for it, so the old removal cannot unlink the new socket.
-cdef dict _unix_cleanups = {}
-
-
-cdef class _UnixSocketCleanup(_PathOp):
-    # Server.close() of a create_unix_server(cleanup_socket=True) server:
-    # STATX the path, and if the inode is still the one the server bound,
-    # UNLINKAT it; `done` resolves after that (Server.wait_closed() awaits
-    # it).  A request cancelled or cut off by loop.close() finishes with
-    # os.stat()/os.unlink(): the loop is no longer running then.
-    cdef object inode
-    cdef object done
-    cdef bint unlinking
-
-    cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
-                    uint32_t flags) except -1:
-        cdef io_uring_sqe *sqe
-        self.ud = 0
-        if res == -ECANCELED:
-            self._finish_sync()
-        elif res < 0:
-            self._finish(self._error(res))
-        elif self.unlinking or self.buf.stx_ino != self.inode:
-            self._finish(None)
-        else:
-            self.unlinking = True
-            sqe = loop._sqe()
-            io_uring_prep_unlinkat(sqe, AT_FDCWD, self.path, 0)
-            self.ud = loop._track(self)
-            io_uring_sqe_set_data64(sqe, self.ud)
-        return 0
-
-    cdef int on_close(self, RingLoop loop) except -1:
-        self.ud = 0
-        self._finish_sync()
-        return 0
-
-    cdef _finish_sync(self):
-        try:
-            if self.unlinking or os.stat(self.filename).st_ino == self.inode:
-                os.unlink(self.filename)
-        except OSError as exc:
-            self._finish(exc)
-        else:
-            self._finish(None)
-
-    cdef _finish(self, exc):
-        # asyncio's unix_events _stop_serving: a missing file is fine.
-        if exc is not None and not isinstance(exc, FileNotFoundError):
-            logger.error('Unable to clean up listening UNIX socket %r: %r',
-                         self.filename, exc)
-        if _unix_cleanups.get(self.filename) is self.done:
-            del _unix_cleanups[self.filename]
-        if not self.done.done():
-            try:
-                self.done.set_result(None)
-            except RuntimeError:
-                pass        # settled; a waiter's wakeup finds the loop closed
-
-
-def _cleanup_unix_socket(RingLoop loop, sock):
-    """Start removing the socket file of a closing unix server (if still
-    ours); return a future that resolves when that is done, or None."""
-    cdef _UnixSocketCleanup op
-    cdef io_uring_sqe *sqe
-    inode = loop._unix_server_sockets.pop(sock, None)
-    if inode is None:
-        return None
-    op = _UnixSocketCleanup()
-    op.filename = sock.getsockname()
-    op.path = os.fsencode(op.filename)
-    op.inode = inode
-    op.done = loop.create_future()
-    if (loop._closed or not loop._op_ok(IORING_OP_STATX) or
-            not loop._op_ok(IORING_OP_UNLINKAT)):
-        op._finish_sync()
-        return op.done
-    op.loop = loop
-    sqe = loop._sqe()
-    io_uring_prep_statx(sqe, AT_FDCWD, op.path, 0, STATX_TYPE | STATX_INO, &op.buf)
-    op.ud = loop._track(op)
-    io_uring_sqe_set_data64(sqe, op.ud)
-    _unix_cleanups[op.filename] = op.done
-    return op.done
-
-
 # asyncio's "error while attempting to bind on address ...: <detail>"
 # (create_connection's local_addr, create_server): the detail is the
 # OSError's strerror up to 3.12, its whole str() ("[errno 98] address
@@ -624,9 +537,6 @@ class _StreamsAPI:
             # the ring, before the socket exists: nothing to close if this
             # task is cancelled meanwhile.
             if path[0] not in (0, '\x00'):
-                pending = _unix_cleanups.get(path)
-                if pending is not None and pending.get_loop() is self:
-                    await aio_tasks.shield(pending)
                 try:
                     if stat.S_ISSOCK((await _ring_stat(self, path))[0]):
                         await _ring_unlink(self, path)

@@ -158,7 +158,6 @@ class Server(aio_events.AbstractServer):
         self._serving_forever_fut = None
         self._accepts = {}
         self._clients = weakref.WeakSet()
-        self._cleanups = []             # futures of the socket-file removals
 
     def __repr__(self):
         return f'<{self.__class__.__name__} sockets={self.sockets!r}>'
@@ -225,11 +224,7 @@ class Server(aio_events.AbstractServer):
             op = self._accepts.pop(sock, None)
             if op is not None:
                 (<_AcceptOp>op).stop()
-            # 3.13's cleanup_socket: on the ring (api_streams.pyx), done by
-            # the time wait_closed() returns; docs/design.md.
-            cleanup = _cleanup_unix_socket(self._loop, sock)
-            if cleanup is not None:
-                self._cleanups.append(cleanup)
+            _cleanup_unix_socket(self._loop, sock)
             if op is not None:
                 # The armed ACCEPT holds the file until its cancel completes
                 # (an iteration later): stop listening now, as close() does.
@@ -279,9 +274,6 @@ class Server(aio_events.AbstractServer):
             self._serving_forever_fut = None
 
     async def wait_closed(self):
-        for cleanup in list(self._cleanups):
-            # Shielded: a cancelled wait_closed() leaves the removal going.
-            await aio_tasks.shield(cleanup)
         # 3.12.1 fixed wait_closed() to wait for the connections too.
         if self._waiters is None:
             return
@@ -297,3 +289,17 @@ class Server(aio_events.AbstractServer):
     async def __aexit__(self, *exc):
         self.close()
         await self.wait_closed()
+
+
+def _cleanup_unix_socket(RingLoop loop, sock):
+    # create_unix_server(cleanup_socket=True): remove our socket file, but
+    # only if it is still ours (same inode).
+    inode = loop._unix_server_sockets.pop(sock, None)
+    if inode is None:
+        return
+    try:
+        path = sock.getsockname()
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except (OSError, TypeError):
+        pass
