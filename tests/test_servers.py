@@ -652,6 +652,56 @@ def test_unix_server_removes_stale_socket(loop_factory, tmp_path):
     run(loop_factory, main)
 
 
+@pytest.mark.skipif(not IS_313, reason='cleanup_socket is 3.13+')
+@pytest.mark.parametrize('how', ['removed', 'replaced', 'keep'])
+def test_unix_server_cleanup_socket(loop_factory, tmp_path, how):
+    """3.13's cleanup_socket: the socket file is gone when close() returns
+    (no wait_closed() needed) if it is still the one the server bound; a
+    file put at the path meanwhile stays, and so does the socket with
+    cleanup_socket=False."""
+    path = str(tmp_path / 'sock')
+    seen = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda l, ctx: seen.append(ctx['message']))
+        srv = await loop.create_unix_server(Recorder, path,
+                                            cleanup_socket=(how != 'keep'))
+        other = None
+        if how == 'replaced':
+            os.unlink(path)
+            other = socket.socket(socket.AF_UNIX)
+            other.bind(path)
+        srv.close()
+        exists = os.path.exists(path)
+        await srv.wait_closed()
+        if other is not None:
+            other.close()
+        return exists
+
+    assert (run(loop_factory, main), seen) == (how != 'removed', [])
+
+
+@pytest.mark.skipif(not IS_313, reason='cleanup_socket is 3.13+')
+def test_unix_server_reopen_right_after_close(loop_factory, tmp_path):
+    """close() and at once a new server at the same path (no wait_closed()):
+    the old server's socket-file removal never takes the new socket."""
+    path = str(tmp_path / 'sock')
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            srv = await loop.create_unix_server(Recorder, path)
+            tr, pr = await loop.create_unix_connection(Recorder, path)
+            tr.close()
+            await pr.lost
+            srv.close()
+        await srv.wait_closed()
+        return os.path.exists(path)
+
+    assert run(loop_factory, main) is False
+
+
 def test_unix_server_path_errors(tmp_path):
     regular = tmp_path / 'regular'
     regular.write_text('not a socket')

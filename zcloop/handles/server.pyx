@@ -293,13 +293,16 @@ class Server(aio_events.AbstractServer):
 
 def _cleanup_unix_socket(RingLoop loop, sock):
     # create_unix_server(cleanup_socket=True): remove our socket file, but
-    # only if it is still ours (same inode).
+    # only if it is still ours (same inode); gone when close() returns, as
+    # asyncio's.  Synchronous on purpose (docs/design.md, "Blocking calls").
     inode = loop._unix_server_sockets.pop(sock, None)
     if inode is None:
         return
+    path = sock.getsockname()
     try:
-        path = sock.getsockname()
         if os.stat(path).st_ino == inode:
             os.unlink(path)
-    except (OSError, TypeError):
+    except FileNotFoundError:
         pass
+    except OSError as err:
+        logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
