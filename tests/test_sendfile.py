@@ -950,13 +950,15 @@ def test_cancel_mid_sendfile(loop_factory, bigfile, api):
         for _ in range(5):
             await asyncio.sleep(0)
         leaked_pipes = _pipe_fds() - pipes_before
+        # The peer reads from now on: what the cancelled sendfile left in the
+        # socket (and 'after' behind it) can drain, so close() can finish.
+        gate.set()
         if api == 'transport':
             transport.write(b'after')       # no RuntimeError: sendfile is over
             transport.close()
             await proto.lost
         else:
             client.close()
-        gate.set()
         await rx.join()
         return cancelled, leaked_pipes
 
