@@ -1,5 +1,5 @@
 # zcloop: `make bench` (setup + quick side-by-side benchmark), `make test`
-# (setup + test suite).  Both install what they need on Debian/Ubuntu.
+# (setup + test suite + the peer suites of uvloop and anyio).  Both install what they need on Debian/Ubuntu.
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -27,8 +27,9 @@ build:  # in place, for the editable install that `make setup` made
 		2>/dev/null || $(PYTHON) -m pip install -q -U 'Cython>=3.1' 'setuptools>=64'
 	$(PYTHON) setup.py -q build_ext --inplace
 
-test: setup
+test: setup  # zcloop's own suite, then the peer suites (uvloop's and anyio's, ~3-9 min)
 	$(PYTHON) -m pytest -q -ra --timeout=300 tests
+	$(PYTHON) scripts/peers/run.py
 
 test-fast:
 	$(PYTHON) -m pytest -q -x tests
