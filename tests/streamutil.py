@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import socket
+import ssl
 import sys
 import warnings
 
@@ -386,3 +387,17 @@ class Hasher(asyncio.Protocol):
         if not self.done.done():
             self.done.set_result((self.n, self.h.hexdigest()))
         self.lost.set_result(exc)
+
+
+def tls_context_pair():
+    """(server, client) SSLContexts for 'localhost' / 127.0.0.1 from a fresh
+    trustme CA (the test is skipped when trustme is not installed)."""
+    import pytest
+    trustme = pytest.importorskip('trustme')
+    ca = trustme.CA()
+    cert = ca.issue_cert('localhost', '127.0.0.1')
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx

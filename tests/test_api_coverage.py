@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -22,6 +21,7 @@ import threading
 import pytest
 
 import zcloop
+from streamutil import tls_context_pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,14 +78,7 @@ def _nb_tcp_pair():
 
 
 def _certs():
-    trustme = pytest.importorskip('trustme')
-    ca = trustme.CA()
-    cert = ca.issue_cert('localhost', '127.0.0.1')
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
+    return tls_context_pair()
 
 
 # ----------------------------------------------------------------------

@@ -18,11 +18,11 @@ import asyncio
 import contextvars
 import os
 import socket
-import ssl
 import sys
 import tempfile
 
 import pytest
+from streamutil import tls_context_pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -437,14 +437,7 @@ def test_tls_callbacks_context(run, tls_contexts):
 
 @pytest.fixture(scope='module')
 def tls_contexts():
-    trustme = pytest.importorskip('trustme')
-    ca = trustme.CA()
-    cert = ca.issue_cert('localhost', '127.0.0.1')
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
+    return tls_context_pair()
 
 
 def test_pipe_callbacks_context(run):

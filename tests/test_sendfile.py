@@ -13,13 +13,13 @@ import io
 import os
 import random
 import socket
-import ssl
 import sys
 import threading
 
 import pytest
 
 from helpers.loops import run_on
+from streamutil import tls_context_pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -694,13 +694,7 @@ def test_fallback_flow_control_bounded(loop_factory):
 
 @pytest.fixture(scope='module')
 def certs():
-    trustme = pytest.importorskip('trustme')
-    ca = trustme.CA()
-    cert = ca.issue_cert('localhost', '127.0.0.1')
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_context_pair()
     return dict(server=server_ctx, client=client_ctx)
 
 
