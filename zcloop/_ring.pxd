@@ -123,7 +123,8 @@ cdef class RingLoop:
     cdef _enable_ring(self)
     cdef double _time(self)
     cdef io_uring_sqe *_sqe(self) except NULL
-    cdef uint64_t _track(self, UringOp op) except 0
+    cdef uint64_t _submit(self, UringOp op, io_uring_sqe *sqe) except 0
+    cdef _cancel(self, UringOp op)
     cdef _grow_slots(self)
     cdef _cancel_op(self, uint64_t user_data)
     cdef int _wait(self, double timeout) except -1

@@ -394,9 +394,12 @@ cdef class RingLoop:
                 raise RuntimeError('io_uring submission queue is full')
         return sqe
 
-    cdef uint64_t _track(self, UringOp op) except 0:
-        """Give ``op`` a slot and return the user_data naming it."""
+    cdef uint64_t _submit(self, UringOp op, io_uring_sqe *sqe) except 0:
+        """Name the prepared ``sqe`` after ``op``: the slot keeps the op
+        referenced until its final CQE, and ``op.ud`` is the user_data of the
+        request in flight until then (the dispatcher clears it)."""
         cdef uint32_t idx, gen
+        cdef uint64_t ud
         if self._slot_nfree == 0:
             self._grow_slots()
         self._slot_nfree -= 1
@@ -408,7 +411,16 @@ cdef class RingLoop:
         Py_INCREF(op)
         self._slot_op[idx] = <PyObject*>op
         self._slot_gen[idx] = gen
-        return (<uint64_t>gen << 32) | idx
+        ud = (<uint64_t>gen << 32) | idx
+        io_uring_sqe_set_data64(sqe, ud)
+        op.ud = ud
+        return ud
+
+    cdef _cancel(self, UringOp op):
+        """Cancel ``op``'s request in flight, if any; its final CQE still
+        comes (usually -ECANCELED)."""
+        if op is not None and op.ud:
+            self._cancel_op(op.ud)
 
     cdef _cancel_op(self, uint64_t user_data):
         cdef io_uring_sqe *sqe
@@ -487,6 +499,8 @@ cdef class RingLoop:
             self._slot_gen[idx] = 0
             self._slot_free[self._slot_nfree] = idx
             self._slot_nfree += 1
+            if op.ud == ud:
+                op.ud = 0       # (not if the op was re-submitted meanwhile)
             Py_DECREF(op)
         if self._closed:
             # Draining in close(): only release memory, and what on_close()
@@ -1171,7 +1185,7 @@ cdef class RingLoop:
     cdef _arm_wakeup(self):
         cdef io_uring_sqe *sqe = self._sqe()
         io_uring_prep_read(sqe, self._wake_fd, &self._wake_value, sizeof(self._wake_value), 0)
-        io_uring_sqe_set_data64(sqe, self._track(self._wake_op))
+        self._submit(self._wake_op, sqe)
 
     cdef _on_wakeup(self, int32_t res):
         self._wake_pending = False
@@ -1398,12 +1412,12 @@ cdef class RingLoop:
         cdef io_uring_sqe *sqe
         if mask == watcher.armed_mask and mask:
             return
-        if watcher.armed_ud:
+        if watcher.ud:
             # Replace the poll in flight; its CQE becomes stale.
             sqe = self._sqe()
-            io_uring_prep_poll_remove(sqe, watcher.armed_ud)
+            io_uring_prep_poll_remove(sqe, watcher.ud)
             io_uring_sqe_set_data64(sqe, 0)
-            watcher.armed_ud = 0
+            watcher.ud = 0
             watcher.armed_mask = 0
         if mask == 0:
             watcher.fileobj = None
@@ -1412,9 +1426,8 @@ cdef class RingLoop:
             return
         sqe = self._sqe()
         io_uring_prep_poll_add(sqe, watcher.fd, mask)
-        watcher.armed_ud = self._track(watcher)
+        self._submit(watcher, sqe)
         watcher.armed_mask = mask
-        io_uring_sqe_set_data64(sqe, watcher.armed_ud)
 
     def _ensure_fd_no_transport(self, fd):
         fileno = fd
@@ -1514,7 +1527,7 @@ cdef class RingLoop:
     cdef _arm_signal_read(self):
         cdef io_uring_sqe *sqe = self._sqe()
         io_uring_prep_read(sqe, self._sig_rsock.fileno(), self._sig_buf, sizeof(self._sig_buf), 0)
-        io_uring_sqe_set_data64(sqe, self._track(self._sig_op))
+        self._submit(self._sig_op, sqe)
 
     cdef _on_signal_bytes(self, int32_t res):
         cdef int32_t i

@@ -97,9 +97,9 @@ cdef class _PipeHangupOp(UringOp):
                     uint32_t flags) except -1:
         cdef bint entered
         transport = self.transport
-        if transport._hup_ud != user_data:
-            return 0
-        transport._hup_ud = 0
+        if transport._hup_op is not self:
+            return 0            # the transport stopped watching
+        transport._hup_op = None
         if res == -ECANCELED or transport._conn_lost:
             return 0
         if loop._debug:
@@ -137,8 +137,7 @@ cdef class WritePipeTransport(StreamTransport):
         self._hup_op.transport = self
         sqe = loop._sqe()
         io_uring_prep_poll_add(sqe, self._fd, POLLIN)
-        self._hup_ud = loop._track(self._hup_op)
-        io_uring_sqe_set_data64(sqe, self._hup_ud)
+        loop._submit(self._hup_op, sqe)
 
     def __repr__(self):
         # asyncio's words: 'polling' while it has a writer registered, which
@@ -213,7 +212,7 @@ cdef class WritePipeTransport(StreamTransport):
         raise NotImplementedError
 
     def _call_connection_lost(self, exc):
-        if self._hup_ud:
-            self._loop._cancel_op(self._hup_ud)
-            self._hup_ud = 0
+        if self._hup_op is not None:
+            self._loop._cancel(self._hup_op)
+            self._hup_op = None
         StreamTransport._call_connection_lost(self, exc)

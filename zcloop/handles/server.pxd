@@ -10,7 +10,6 @@ cdef class _AcceptOp(UringOp):
         object ssl_handshake_timeout
         object ssl_shutdown_timeout
         object context          # of the call that started serving
-        uint64_t ud
         bint stopped
         object retry_handle
 

@@ -12,16 +12,14 @@ cdef class _AcceptOp(UringOp):
                                            SOCK_NONBLOCK | SOCK_CLOEXEC)
         else:
             io_uring_prep_accept(sqe, self.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
-        self.ud = self.loop._track(self)
-        io_uring_sqe_set_data64(sqe, self.ud)
+        self.loop._submit(self, sqe)
 
     cdef stop(self):
         self.stopped = True
         if self.retry_handle is not None:
             self.retry_handle.cancel()
             self.retry_handle = None
-        if self.ud:
-            self.loop._cancel_op(self.ud)
+        self.loop._cancel(self)
 
     def _retry(self):
         self.retry_handle = None
@@ -30,8 +28,6 @@ cdef class _AcceptOp(UringOp):
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
         cdef bint final = not (flags & IORING_CQE_F_MORE)
-        if final and user_data == self.ud:
-            self.ud = 0
         if res >= 0:
             if self.stopped:
                 os.close(res)
@@ -51,8 +47,7 @@ cdef class _AcceptOp(UringOp):
                 'exception': OSError(err, os.strerror(err)),
                 'socket': TransportSocket(self.sock),
             })
-            if self.ud:
-                self.loop._cancel_op(self.ud)
+            self.loop._cancel(self)
             if self.retry_handle is None:
                 self.retry_handle = self.loop.call_later(
                     aio_constants.ACCEPT_RETRY_DELAY, self._retry)

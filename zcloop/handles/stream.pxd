@@ -37,7 +37,6 @@ cdef class _SendOp(UringOp):
         bint popped             # entries left the queue with this request
         bint refused            # SEND_ZC refused (nothing sent); re-sent by copy
         bint fixed              # SEND_ZC from a registered buffer (no memlock budget)
-        uint64_t ud
         iovec *iov
         int iov_cap             # iovecs allocated at iov (kept across reuse)
         msghdr msg
@@ -68,7 +67,6 @@ cdef class StreamTransport(RingTransport):
         bint _shutdown_done
 
         _RecvOp _recv_op
-        uint64_t _recv_ud
         bint _recv_cancelled
         bint _paused
         bint _read_eof
@@ -109,7 +107,7 @@ cdef class StreamTransport(RingTransport):
     cdef _start_reading(self)
     cdef _arm_recv(self)
     cdef _stop_recv(self)
-    cdef _on_recv(self, uint64_t ud, int32_t res, uint32_t flags)
+    cdef _on_recv(self, int32_t res, uint32_t flags)
     cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1
     cdef _on_eof(self)
     cdef _demote(self)

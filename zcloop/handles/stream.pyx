@@ -195,7 +195,7 @@ cdef class _RecvOp(UringOp):
         cdef object context = transport._context    # resume_reading() may replace it
         cdef bint entered = _enter_context(context)
         try:
-            transport._on_recv(user_data, res, flags)
+            transport._on_recv(res, flags)
         finally:
             if entered:
                 PyContext_Exit(<PyObject*>context)
@@ -296,7 +296,7 @@ cdef class StreamTransport(RingTransport):
     cdef _start_reading(self):
         if self._closing or self._paused or self._read_eof or self._sock is None:
             return
-        if self._recv_ud == 0:
+        if self._recv_op is None or self._recv_op.ud == 0:
             self._arm_recv()
 
     cdef _arm_recv(self):
@@ -324,24 +324,21 @@ cdef class StreamTransport(RingTransport):
                 io_uring_prep_read(sqe, self._fd, self._rbuf, loop._buf_size, NO_OFFSET)
             else:
                 io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
-        self._recv_ud = loop._track(self._recv_op)
+        loop._submit(self._recv_op, sqe)
         self._recv_cancelled = False
-        io_uring_sqe_set_data64(sqe, self._recv_ud)
 
     cdef _stop_recv(self):
-        if self._recv_ud and not self._recv_cancelled:
+        if self._recv_op is not None and self._recv_op.ud and not self._recv_cancelled:
             self._recv_cancelled = True
-            self._loop._cancel_op(self._recv_ud)
+            self._loop._cancel(self._recv_op)
 
-    cdef _on_recv(self, uint64_t ud, int32_t res, uint32_t flags):
+    cdef _on_recv(self, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
         cdef bint final = not (flags & IORING_CQE_F_MORE)
         cdef unsigned bid
         cdef bint pending_buf = flags & IORING_CQE_F_BUFFER
         cdef bint stash
         cdef const char *data = NULL
-        if final and ud == self._recv_ud:
-            self._recv_ud = 0
         if pending_buf:
             bid = flags >> IORING_CQE_BUFFER_SHIFT
             data = loop._buf_ptr(bid)
@@ -753,8 +750,7 @@ cdef class StreamTransport(RingTransport):
             op.msg.msg_iov = op.iov
             op.msg.msg_iovlen = niov
             io_uring_prep_sendmsg(sqe, self._fd, &op.msg, SEND_FLAGS)
-        op.ud = loop._track(op)
-        io_uring_sqe_set_data64(sqe, op.ud)
+        loop._submit(op, sqe)
         # The request now owns these entries; they leave the queue.
         for i in range(len(op.entries)):
             entry = op.entries[i]
@@ -996,7 +992,7 @@ cdef class StreamTransport(RingTransport):
             except OSError:
                 pass
         if self._send_op is not None:
-            self._loop._cancel_op(self._send_op.ud)
+            self._loop._cancel(self._send_op)
         self._closing = True
         self._stop_recv()
         self._schedule_connection_lost(exc)

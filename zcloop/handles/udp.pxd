@@ -24,7 +24,6 @@ cdef class _DgramSend(UringOp):
         socklen_t addrlen
         Py_ssize_t nbytes
         uint64_t seq                    # sendto() order, kept across EAGAIN retries
-        uint64_t ud
         bint zc                         # went out as SENDMSG_ZC
         bint zc_pinned                  # counted in the pinned budgets until the final CQE
         bint counted                    # nbytes still in the transport's buffer size
@@ -54,9 +53,8 @@ cdef class DatagramTransport(RingTransport):
         uint64_t _send_seq
         bint _flush_queued              # in loop._pending_flush
         int _send_flags
-        uint64_t _wpoll_ud              # POLLOUT wait after EAGAIN, 0 if none
-        _DgramRecv _recv
-        uint64_t _recv_ud               # user_data of the armed RECVMSG, 0 if none
+        _DgramWritable _wpoll           # POLLOUT wait after EAGAIN, None if none
+        _DgramRecv _recv                # its ud is the armed RECVMSG's (0 if none)
         list _send_errors
         bint _send_cb_pending
         # one-entry cache of the last destination converted to a sockaddr
@@ -86,7 +84,7 @@ cdef class DatagramTransport(RingTransport):
     cdef _fill(self)
     cdef _requeue(self, _DgramSend op, uint32_t flags)
     cdef _arm_wpoll(self)
-    cdef _on_writable(self, int32_t res)
+    cdef _on_writable(self, _DgramWritable op, int32_t res)
     cdef Py_ssize_t _buffer_size(self)
     cpdef _force_close(self, object exc)
     cdef _on_send(self, _DgramSend op, int32_t res, uint32_t flags)

@@ -144,7 +144,7 @@ cdef class _DgramWritable(UringOp):
         cdef DatagramTransport transport = self.transport
         self.transport = None
         if transport is not None:
-            transport._on_writable(res)
+            transport._on_writable(self, res)
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
@@ -243,7 +243,7 @@ cdef class DatagramTransport(RingTransport):
     cdef _arm_recv(self):
         cdef _DgramRecv op = self._recv
         cdef io_uring_sqe *sqe
-        if self._recv_ud or self._closing or op is None:
+        if op is None or op.ud or self._closing:
             return
         op.iov.iov_base = op.buf
         op.iov.iov_len = op.bufsize
@@ -256,12 +256,10 @@ cdef class DatagramTransport(RingTransport):
         op.msg.msg_flags = 0
         sqe = self._loop._sqe()
         io_uring_prep_recvmsg(sqe, self._fd, &op.msg, 0)
-        self._recv_ud = self._loop._track(op)
-        io_uring_sqe_set_data64(sqe, self._recv_ud)
+        self._loop._submit(op, sqe)
         op.transport = self
 
     cdef _on_recv(self, _DgramRecv op, int32_t res, uint32_t flags):
-        self._recv_ud = 0
         if self._closing or res == -ECANCELED:
             return
         if res >= 0:
@@ -373,7 +371,7 @@ cdef class DatagramTransport(RingTransport):
     # back with -ECANCELED and are queued again in order.
 
     cdef _schedule_flush(self):
-        if self._flush_queued or self._inflight or self._wpoll_ud or not self._queue:
+        if self._flush_queued or self._inflight or self._wpoll is not None or not self._queue:
             return
         self._flush_queued = True
         self._loop._pending_flush.append(self)
@@ -384,7 +382,7 @@ cdef class DatagramTransport(RingTransport):
 
     cdef _fill(self):
         cdef Py_ssize_t n = 0
-        if self._inflight or self._wpoll_ud or self._conn_lost:
+        if self._inflight or self._wpoll is not None or self._conn_lost:
             return
         while self._queue and n < _DGRAM_CHAIN_MAX:
             n += 1
@@ -431,8 +429,7 @@ cdef class DatagramTransport(RingTransport):
             # Set at prep time: if _sqe() has to submit a full SQ, the chain
             # is merely split, never a flag written into a recycled SQE.
             sqe.flags |= IOSQE_IO_LINK
-        op.ud = loop._track(op)
-        io_uring_sqe_set_data64(sqe, op.ud)
+        loop._submit(op, sqe)
         op.transport = self
         self._inflight.add(op)
 
@@ -529,17 +526,18 @@ cdef class DatagramTransport(RingTransport):
     cdef _arm_wpoll(self):
         cdef _DgramWritable op
         cdef io_uring_sqe *sqe
-        if self._wpoll_ud or self._conn_lost:
+        if self._wpoll is not None or self._conn_lost:
             return
         op = _DgramWritable.__new__(_DgramWritable)
         sqe = self._loop._sqe()
         io_uring_prep_poll_add(sqe, self._fd, POLLOUT)
-        self._wpoll_ud = self._loop._track(op)
-        io_uring_sqe_set_data64(sqe, self._wpoll_ud)
+        self._loop._submit(op, sqe)
         op.transport = self
+        self._wpoll = op
 
-    cdef _on_writable(self, int32_t res):
-        self._wpoll_ud = 0
+    cdef _on_writable(self, _DgramWritable op, int32_t res):
+        if self._wpoll is op:
+            self._wpoll = None
         if self._conn_lost:
             return
         # On a poll error, the sends themselves report what is wrong.
@@ -586,8 +584,7 @@ cdef class DatagramTransport(RingTransport):
         if self._closing:
             return
         self._closing = True
-        if self._recv_ud:
-            self._loop._cancel_op(self._recv_ud)
+        self._loop._cancel(self._recv)
         if not self._inflight and not self._queue:
             self._conn_lost += 1
             self._loop._call_soon(self._call_connection_lost, (None,), None)
@@ -600,13 +597,13 @@ cdef class DatagramTransport(RingTransport):
         for op in self._queue:
             op.counted = False
         self._queue.clear()
-        if self._wpoll_ud:
-            self._loop._cancel_op(self._wpoll_ud)
-            self._wpoll_ud = 0
+        if self._wpoll is not None:
+            self._loop._cancel(self._wpoll)
+            self._wpoll = None
         for op in self._inflight:
             if op.counted:
                 op.counted = False
-                self._loop._cancel_op(op.ud)
+                self._loop._cancel(op)
         self._buf_bytes = 0
         self._send_errors = []
 
@@ -616,8 +613,7 @@ cdef class DatagramTransport(RingTransport):
         self._cancel_all()
         if not self._closing:
             self._closing = True
-            if self._recv_ud:
-                self._loop._cancel_op(self._recv_ud)
+            self._loop._cancel(self._recv)
         self._conn_lost += 1
         self._loop._call_soon(self._call_connection_lost, (exc,), None)
 
