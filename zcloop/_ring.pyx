@@ -741,7 +741,8 @@ cdef class RingLoop:
     # the kernel charges them, so a budget within RLIMIT_MEMLOCK is not
     # refused for its per-request overhead.
 
-    cdef bint _zc_reserve(self, Py_ssize_t nbytes):
+    cdef bint _zc_fits(self, Py_ssize_t nbytes):
+        """Check only: does the budget have room for ``nbytes`` more?"""
         cdef Py_ssize_t charge = _zc_charge(nbytes)
         cdef double now
         if self._zc_charged + charge > self._zc_budget:
@@ -760,9 +761,12 @@ cdef class RingLoop:
                                   else now + ZC_REGROW_INTERVAL)
             if self._zc_charged + charge > self._zc_budget:
                 return False
-        self._zc_pinned_total += nbytes
-        self._zc_charged += charge
         return True
+
+    cdef _zc_reserve(self, Py_ssize_t nbytes):
+        """Charge ``nbytes`` (admitted by _zc_fits) until _zc_unreserve."""
+        self._zc_pinned_total += nbytes
+        self._zc_charged += _zc_charge(nbytes)
 
     cdef _zc_unreserve(self, Py_ssize_t nbytes):
         self._zc_pinned_total -= nbytes

@@ -76,8 +76,6 @@ cdef class StreamTransport(RingTransport):
         char *_rbuf                  # own receive buffer without a buffer ring
         bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 
-        bint _zc_write               # plain write() may use SEND_ZC
-        str _zc_refused              # errno name of the socket's zero-copy refusal
         bint _zc_peer_unverified     # _zc_write set, _is_host_address not asked yet
         object _waiter
         object _empty_waiter         # sendfile(): resolves when nothing is queued
@@ -86,7 +84,6 @@ cdef class StreamTransport(RingTransport):
         Py_ssize_t _st_zc_bytes
         Py_ssize_t _st_copy_bytes
         Py_ssize_t _st_zc_copied
-        Py_ssize_t _st_demotions
         Py_ssize_t _st_sends
         Py_ssize_t _st_inline_sends
 
@@ -110,6 +107,5 @@ cdef class StreamTransport(RingTransport):
     cdef _on_recv(self, int32_t res, uint32_t flags)
     cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1
     cdef _on_eof(self)
-    cdef _demote(self)
     cdef _on_send_closed(self, _SendOp op, bint quarantined)
     cdef _on_loop_close(self)

@@ -13,7 +13,6 @@ cdef Py_ssize_t QUEUE_SLOTS_KEPT = 64       # free send-queue slots kept for reu
 # to the socket while still in cache (10 KiB x 100 echo: 0.88x -> 1.02x).
 cdef Py_ssize_t INLINE_SEND_ALWAYS_MIN = 8 * 1024
 cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (W6)
-cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
 cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
 cdef int SEND_FLAGS = MSG_WAITALL | MSG_NOSIGNAL
 if sys.version_info >= (3, 12):
@@ -133,6 +132,12 @@ cdef inline Py_ssize_t _entry_len(object entry):
     if type(entry) is bytes:
         return PyBytes_GET_SIZE(entry)
     return (<_Pinned>entry).view.len
+
+
+cdef inline bint _entry_fixed(object entry):
+    # A BufferPool block: sent from its registered buffer (SEND_ZC_FIXED).
+    return (type(entry) is _Pinned and (<_Pinned>entry).lease is not None and
+            (<_Pinned>entry).lease.pool._buf_index >= 0)
 
 
 cdef inline char *_entry_ptr(object entry):
@@ -486,7 +491,7 @@ cdef class StreamTransport(RingTransport):
         if self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and \
                 (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
                 self._inline_iteration != self._loop._iteration and \
-                not (self._zc_write and 0 < self._zc_threshold <= n and self._zc_peer_remote()):
+                not (self._zc_admits(n, True) and self._zc_peer_remote()):
             if self._send_inline(data, n):
                 return
         self._enqueue(data, n)
@@ -651,20 +656,17 @@ cdef class StreamTransport(RingTransport):
         return self._zc_write
 
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
-        """Does this entry go out as SEND_ZC now?  Plain write() bytes only
+        """May this entry go out as SEND_ZC now (check only: _flush
+        reserves once the request is on the ring)?  Plain write() bytes only
         towards other hosts, write_zc() buffers on any TCP socket that has
-        not refused zero-copy; within the budgets (reserved here)."""
-        if not self._zc_capable or self._zc_threshold <= 0 or remaining < self._zc_threshold:
+        not refused zero-copy; within the budgets."""
+        if not self._zc_admits(remaining, type(entry) is bytes):
             return False
-        if type(entry) is bytes and not (self._zc_write and self._zc_peer_remote()):
+        if type(entry) is bytes and not self._zc_peer_remote():
             return False
-        if type(entry) is _Pinned and (<_Pinned>entry).lease is not None and \
-                (<_Pinned>entry).lease.pool._buf_index >= 0:
+        if _entry_fixed(entry):
             return True     # registered: pinned once for the pool, no memlock budget
-        remaining = min(remaining, ZC_MAX_REQUEST)
-        if self._zc_pinned + remaining > ZC_MAX_PINNED_PER_TRANSPORT:
-            return False
-        return self._loop._zc_reserve(remaining)
+        return self._zc_fits(min(remaining, ZC_MAX_REQUEST))
 
     cdef _flush(self):
         cdef RingLoop loop = self._loop
@@ -693,8 +695,7 @@ cdef class StreamTransport(RingTransport):
             op.popped = False
         op.offset = offset
         op.zc = zc
-        op.fixed = (zc and type(first) is _Pinned and (<_Pinned>first).lease is not None and
-                    (<_Pinned>first).lease.pool._buf_index >= 0)
+        op.fixed = zc and _entry_fixed(first)
         if zc:
             # One large entry, at most ZC_MAX_REQUEST of it per request
             # (a registered block is charged nothing per request).
@@ -710,9 +711,7 @@ cdef class StreamTransport(RingTransport):
                 entry = queue[i]
                 if niov == IOV_MAX_SEGMENTS:
                     break
-                if niov and self._zc_capable and self._zc_threshold > 0 and \
-                        _entry_len(entry) >= self._zc_threshold and \
-                        (self._zc_write or type(entry) is not bytes):
+                if niov and self._zc_admits(_entry_len(entry), type(entry) is bytes):
                     break       # it may go zero-copy: its own request (_entry_zc)
                 total += _entry_len(entry)
                 niov += 1
@@ -767,7 +766,7 @@ cdef class StreamTransport(RingTransport):
         self._send_op = op
         self._st_sends += 1
         if zc:
-            self._zc_pinned += total
+            self._zc_pin(total, op.fixed)
 
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
@@ -783,22 +782,9 @@ cdef class StreamTransport(RingTransport):
             self._after_drain()
             return
         if res < 0:
-            if op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or res == -EINVAL):
-                # Zero-copy refused, nothing was sent: go again, and make sure
-                # the retry cannot be refused the same way (docs/design.md).
-                if res == -EINVAL and loop._zc_report_usage:
-                    # A kernel before 6.2 rejects the REPORT_USAGE flag.
-                    loop._zc_report_usage = False
-                elif res == -ENOMEM:
-                    # Memlock: the budget shrinks so the retry goes by copy.
-                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE and not op.fixed
-                                   else 0)
-                else:
-                    # The socket refuses (no SOCK_SUPPORT_ZC: MPTCP, ...):
-                    # no zero-copy on it any more, write_zc() included.
-                    self._zc_capable = False
-                    self._zc_refused = _errno_name(-res)
-                    self._demote()
+            if op.zc and self._zc_refusal(
+                    res, op.nbytes if flags & IORING_CQE_F_MORE and not op.fixed else 0):
+                # Zero-copy refused, nothing was sent: go again.
                 op.refused = True
                 self._requeue(op, 0)
                 self._flush()
@@ -902,20 +888,13 @@ cdef class StreamTransport(RingTransport):
         """The kernel is done with the request's memory (its final CQE)."""
         cdef Py_ssize_t i
         if op.zc:
-            self._zc_pinned -= op.nbytes
-            if not op.fixed:
-                self._loop._zc_unreserve(op.nbytes)
+            self._zc_unpin(op.nbytes, op.fixed)
         for i in range(len(op.entries)):
             entry = op.entries[i]
             if type(entry) is _Pinned:
                 if not op.zc:
                     (<_Pinned>entry).handle._copied = True
                 (<_Pinned>entry)._unref()
-
-    cdef _demote(self):
-        if self._zc_write:
-            self._zc_write = False
-            self._st_demotions += 1
 
     cdef _on_send_closed(self, _SendOp op, bint quarantined):
         """loop.close(): settle the handles of a request whose final CQE came

@@ -63,8 +63,6 @@ cdef class DatagramTransport(RingTransport):
         socklen_t _last_sslen
         bint _last_local
         # zero-copy sends (zerocopy.md W2/W3/W10/W14/W15)
-        bint _zc_ok                     # ... and not demoted
-        str _zc_refused                 # errno name of the socket's zero-copy refusal
         bint _zc_local_ok               # test hook: allow ZC to local peers
         bint _peer_local
         bytes _host_key                 # last unconnected ZC destination (sockaddr bytes)...
@@ -74,7 +72,6 @@ cdef class DatagramTransport(RingTransport):
         Py_ssize_t _st_zc_bytes
         Py_ssize_t _st_copy_bytes
         Py_ssize_t _st_zc_copied
-        Py_ssize_t _st_demotions
 
     cdef _arm_recv(self)
     cdef _on_recv(self, _DgramRecv op, int32_t res, uint32_t flags)
@@ -88,8 +85,6 @@ cdef class DatagramTransport(RingTransport):
     cdef Py_ssize_t _buffer_size(self)
     cpdef _force_close(self, object exc)
     cdef _on_send(self, _DgramSend op, int32_t res, uint32_t flags)
-    cdef _demote_zc(self)
     cdef bint _dest_is_host(self, _DgramSend op)
-    cdef _zc_release(self, Py_ssize_t nbytes)
     cdef _schedule_send_cb(self)
     cdef _cancel_all(self)

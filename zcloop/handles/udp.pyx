@@ -22,8 +22,6 @@ cdef Py_ssize_t _DGRAM_CHAIN_MAX = 64
 # are truncated where asyncio's recvfrom(max_size) truncates them.
 cdef size_t _DGRAM_RECV_INET = 64 * 1024
 cdef size_t _DGRAM_RECV_OTHER = 256 * 1024
-# zerocopy.md W10: bytes one transport may have pinned by SENDMSG_ZC.
-cdef Py_ssize_t _DGRAM_ZC_MAX_PINNED = 4 * 1024 * 1024
 
 # Python 3.13 sends empty datagrams (3.11/3.12 drop them in sendto()) and
 # counts 8 bytes of header per buffered datagram in the write buffer size.
@@ -127,7 +125,7 @@ cdef class _DgramSend(UringOp):
             if self.zc_pinned:
                 self.zc_pinned = False
                 if transport is not None:
-                    transport._zc_release(self.nbytes)
+                    transport._zc_unpin(self.nbytes, False)
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
@@ -207,7 +205,7 @@ cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, objec
     t._zc_capable = ((t._family == AF_INET or t._family == AF_INET6) and
                      loop._op_ok(IORING_OP_SENDMSG_ZC) and
                      loop._feature('send_zc') and loop._feature('sendmsg_zc'))
-    t._zc_ok = t._zc_capable
+    t._zc_write = t._zc_capable
     t._peer_local = True
     if t._connected and t._zc_capable:
         t._peer_local = _is_local_peer(t._extra.get('peername'), t._extra.get('sockname'), True)
@@ -409,15 +407,12 @@ cdef class DatagramTransport(RingTransport):
         op.msg.msg_flags = 0
         # zerocopy.md W3/W10/W14: ZC from the threshold up, within the
         # transport's and the loop's pinned-memory budgets, else copy.
-        op.zc = (self._zc_ok and self._zc_threshold > 0 and op.nbytes >= self._zc_threshold and
+        op.zc = (self._zc_admits(op.nbytes, True) and
                  (self._zc_local_ok or not (local or self._dest_is_host(op))) and
-                 self._zc_pinned + op.nbytes <= _DGRAM_ZC_MAX_PINNED and
-                 loop._zc_reserve(op.nbytes))
+                 self._zc_fits(op.nbytes))
         op.done = False
         sqe = loop._sqe()
         if op.zc:
-            op.zc_pinned = True
-            self._zc_pinned += op.nbytes
             io_uring_prep_sendmsg_zc(sqe, self._fd, &op.msg, self._send_flags)
             if loop._zc_report_usage:
                 sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
@@ -430,6 +425,9 @@ cdef class DatagramTransport(RingTransport):
             # is merely split, never a flag written into a recycled SQE.
             sqe.flags |= IOSQE_IO_LINK
         loop._submit(op, sqe)
+        if op.zc:
+            op.zc_pinned = True
+            self._zc_pin(op.nbytes, False)
         op.transport = self
         self._inflight.add(op)
 
@@ -441,7 +439,7 @@ cdef class DatagramTransport(RingTransport):
             # device without ZC: stop paying for zero-copy on this socket.
             if op.zc and <uint32_t>res & IORING_NOTIF_USAGE_ZC_COPIED:
                 self._st_zc_copied += 1
-                self._demote_zc()
+                self._demote()
             return
         if op.done:
             return
@@ -457,17 +455,8 @@ cdef class DatagramTransport(RingTransport):
                 self._requeue(op, flags)
                 if res == -EAGAIN:
                     self._arm_wpoll()
-            elif op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or
-                            res == -EINVAL or res == -ENOBUFS):
-                # Zero-copy refused, nothing was sent: go again, in a way
-                # that cannot be refused the same way (docs/design.md).
-                if res == -EINVAL and loop._zc_report_usage:
-                    loop._zc_report_usage = False
-                elif res == -ENOMEM:
-                    loop._zc_nomem(op.nbytes if op.zc_pinned else 0)
-                else:
-                    self._zc_refused = _errno_name(-res)
-                    self._demote_zc()
+            elif op.zc and self._zc_refusal(res, op.nbytes if op.zc_pinned else 0):
+                # Zero-copy refused, nothing was sent: go again.
                 op.zc = False       # nothing sent: its notification says nothing
                 self._requeue(op, flags)
             else:
@@ -566,15 +555,6 @@ cdef class DatagramTransport(RingTransport):
                     self._conn_lost += 1
                     self._call_connection_lost(None)
 
-    cdef _demote_zc(self):
-        if self._zc_ok:
-            self._zc_ok = False
-            self._st_demotions += 1
-
-    cdef _zc_release(self, Py_ssize_t nbytes):
-        self._zc_pinned -= nbytes
-        self._loop._zc_unreserve(nbytes)
-
     cdef Py_ssize_t _buffer_size(self):
         return self._buf_bytes
 
@@ -622,7 +602,7 @@ cdef class DatagramTransport(RingTransport):
     def zc_stats(self):
         return {
             'zc_capable': self._zc_capable,
-            'zc_write': self._zc_ok,
+            'zc_write': self._zc_write,
             'zc_threshold': self._zc_threshold,
             'zc_sends': self._st_zc_sends,
             'copy_sends': self._st_copy_sends,
