@@ -90,9 +90,14 @@ cdef class StreamTransport(RingTransport):
     cdef _init_stream(self, RingLoop loop, object sock, object protocol, object waiter,
                       object extra, object server)
     cdef _enqueue(self, object entry, Py_ssize_t n)
-    cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1
-    cdef _flush(self)
-    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)
+    # The write path (stream.pyx, docs/design.md "Write path"):
+    cdef bint _inline_ok(self, Py_ssize_t n)       # write(): send() now?
+    cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1  # send() now
+    cdef _flush(self)                              # once per iteration: one request
+    cdef _SendOp _batch(self)                      # choose its entries (checks only)
+    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)  # may it go zero-copy?
+    cdef _prep_send(self, _SendOp op, io_uring_sqe *sqe)   # SEND/SENDMSG/SEND_ZC/WRITE(V)
+    cdef _submitted(self, _SendOp op)              # entries leave the queue, budget pinned
     cdef bint _zc_peer_remote(self)
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags)
     cdef _on_send_notif(self, _SendOp op, int32_t res)

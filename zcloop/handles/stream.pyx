@@ -1,11 +1,15 @@
 # Stream transports (TCP, Unix, pipes' socket cousins) on the ring.
 #
-# Writes: write() snapshots non-bytes data and queues it; once per loop
-# iteration the queue goes out as ONE request (SEND / SENDMSG, or SEND_ZC /
-# SENDMSG_ZC for large immutable payloads), always with MSG_WAITALL, and at
-# most one request per socket is in flight (zerocopy.md W5, W6).
-# Reads: a multishot RECV fed from the loop-wide provided-buffer ring; each
-# completion is copied into bytes and the buffer recycled at once (R1).
+# Writes (docs/design.md "Write path"): write() on an idle socket send()s at
+# once in a light iteration (or for INLINE_SEND_ALWAYS_MIN bytes and more);
+# otherwise the data is queued, and once per loop iteration the queue goes
+# out as ONE request (SEND / SENDMSG, or SEND_ZC for a large payload to
+# another host or a write_zc() buffer), always with MSG_WAITALL, at most one
+# request per socket in flight.
+# Reads: a multishot RECV fed from the loop-wide provided-buffer ring; a
+# completion under BUF_HANDOVER_MIN is copied into bytes and its buffer
+# recycled at once, a larger one hands the buffer's bytes object over
+# (RingLoop._buf_take).
 
 cdef Py_ssize_t IOV_MAX_SEGMENTS = 1024
 cdef Py_ssize_t QUEUE_SLOTS_KEPT = 64       # free send-queue slots kept for reuse
@@ -465,8 +469,9 @@ cdef class StreamTransport(RingTransport):
         return self._queue_bytes + self._inflight_bytes
 
     def write(self, data):
-        """Queue data; it goes out with everything else written in this loop
-        iteration, in one request."""
+        """Send data now on an idle socket (_inline_ok), else queue it: it
+        goes out with everything else written in this loop iteration, in
+        one request (_flush)."""
         cdef Py_ssize_t n
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -488,13 +493,19 @@ cdef class StreamTransport(RingTransport):
             return
         # After close() with data still buffered (so _conn_lost is still 0),
         # asyncio keeps queueing: the bytes go out before connection_lost().
-        if self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and \
-                (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
-                self._inline_iteration != self._loop._iteration and \
-                not (self._zc_admits(n, True) and self._zc_peer_remote()):
-            if self._send_inline(data, n):
-                return
+        if self._inline_ok(n) and self._send_inline(data, n):
+            return
         self._enqueue(data, n)
+
+    cdef bint _inline_ok(self, Py_ssize_t n):
+        """May write() send ``n`` bytes now (_send_inline)?  Only on an idle
+        socket (nothing queued or in flight), once per loop iteration, in a
+        light iteration (RingLoop._inline_sends) or for INLINE_SEND_ALWAYS_MIN
+        bytes or more, and not when the bytes may go zero-copy."""
+        return (self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and
+                (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and
+                self._inline_iteration != self._loop._iteration and
+                not (self._zc_admits(n, True) and self._zc_peer_remote()))
 
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1:
         """The first write() of a light iteration (RingLoop._inline_sends), or
@@ -668,23 +679,46 @@ cdef class StreamTransport(RingTransport):
             return True     # registered: pinned once for the pool, no memlock budget
         return self._zc_fits(min(remaining, ZC_MAX_REQUEST))
 
+    # The write path, in order (docs/design.md "Write path"):
+    #   write() -> _inline_ok() ? _send_inline() : _enqueue()
+    #   _enqueue() -> loop._pending_flush -> _flush() once per iteration:
+    #     _batch() -> _prep_send() -> loop._submit() -> _submitted()
+    #   _on_send_done() at the first CQE (requeues what was not sent),
+    #   _release_op() at the final one.
+
     cdef _flush(self):
+        """Put the head of the queue on the ring as one request; at most one
+        is in flight per transport."""
         cdef RingLoop loop = self._loop
         cdef _SendOp op
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t total = 0, n, offset, i, head, end
-        cdef int niov = 0
-        cdef bint zc
-        cdef list queue
+        cdef int niov
         self._flush_queued = False
         if self._send_op is not None or self._queue_bytes == 0 or self._sock is None:
             return
-        queue = self._queue
-        head = self._queue_head
-        offset = self._queue_offset
+        op = self._batch()
+        niov = len(op.entries)
+        if niov > 1:
+            # Before taking the SQE: a MemoryError must not leave one unprepared.
+            op.reserve_iov(niov)
+            _fill_iov(op, niov, op.offset)
+        sqe = loop._sqe()
+        self._prep_send(op, sqe)
+        loop._submit(op, sqe)
+        self._submitted(op)
+
+    cdef _SendOp _batch(self):
+        """Choose what the next request sends: one entry that goes
+        zero-copy (at most ZC_MAX_REQUEST of it, unless registered), or up
+        to IOV_MAX_SEGMENTS entries by copy, stopping before one that may go
+        zero-copy (it gets its own request).  Nothing is reserved yet."""
+        cdef _SendOp op
+        cdef list queue = self._queue
+        cdef Py_ssize_t head = self._queue_head, offset = self._queue_offset
+        cdef Py_ssize_t total = 0, n, i
+        cdef int niov = 0
         first = queue[head]
         n = _entry_len(first) - offset
-        zc = self._entry_zc(first, n)
         op = self._spare_send_op
         if op is None:
             op = _SendOp()
@@ -694,79 +728,79 @@ cdef class StreamTransport(RingTransport):
             op.implicit_zc = False
             op.popped = False
         op.offset = offset
-        op.zc = zc
-        op.fixed = zc and _entry_fixed(first)
-        if zc:
-            # One large entry, at most ZC_MAX_REQUEST of it per request
-            # (a registered block is charged nothing per request).
+        op.zc = self._entry_zc(first, n)
+        op.fixed = op.zc and _entry_fixed(first)
+        if op.zc:
             op.implicit_zc = type(first) is bytes
-            if not op.fixed:
-                n = min(n, ZC_MAX_REQUEST)
             op.entries = [first]
-            total = n
-            niov = 1
-        else:
-            end = self._queue_tail
-            for i in range(head, end):
-                entry = queue[i]
-                if niov == IOV_MAX_SEGMENTS:
-                    break
-                if niov and self._zc_admits(_entry_len(entry), type(entry) is bytes):
-                    break       # it may go zero-copy: its own request (_entry_zc)
-                total += _entry_len(entry)
-                niov += 1
-            total -= offset
-            if niov == 1 and total > SEND_MAX_REQUEST:
-                total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
-            op.entries = queue[head:head + niov]
+            op.nbytes = n if op.fixed else min(n, ZC_MAX_REQUEST)
+            return op
+        for i in range(head, self._queue_tail):
+            entry = queue[i]
+            if niov == IOV_MAX_SEGMENTS:
+                break
+            if niov and self._zc_admits(_entry_len(entry), type(entry) is bytes):
+                break       # it may go zero-copy: its own request (_entry_zc)
+            total += _entry_len(entry)
+            niov += 1
+        total -= offset
+        if niov == 1 and total > SEND_MAX_REQUEST:
+            total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
+        op.entries = queue[head:head + niov]
         op.nbytes = total
+        return op
+
+    cdef _prep_send(self, _SendOp op, io_uring_sqe *sqe):
+        """Write the request into ``sqe``: WRITE(V) on pipes, else SEND,
+        SEND_ZC(_FIXED) for one entry, SENDMSG for several."""
+        cdef RingLoop loop = self._loop
+        cdef int niov = len(op.entries)
+        cdef char *ptr
         if niov > 1:
-            # Before taking the SQE: a MemoryError must not leave one unprepared.
-            op.reserve_iov(niov)
-            _fill_iov(op, niov, offset)
-        sqe = loop._sqe()
-        if self._is_pipe:
-            if niov == 1:
-                io_uring_prep_write(sqe, self._fd, _entry_ptr(first) + offset, total, NO_OFFSET)
-            else:
+            if self._is_pipe:
                 io_uring_prep_writev(sqe, self._fd, op.iov, niov, NO_OFFSET)
-        elif niov == 1:
+            else:
+                memset(&op.msg, 0, sizeof(msghdr))
+                op.msg.msg_iov = op.iov
+                op.msg.msg_iovlen = niov
+                io_uring_prep_sendmsg(sqe, self._fd, &op.msg, SEND_FLAGS)
+            return
+        first = op.entries[0]
+        ptr = _entry_ptr(first) + op.offset
+        if self._is_pipe:
+            io_uring_prep_write(sqe, self._fd, ptr, op.nbytes, NO_OFFSET)
+        elif not op.zc:
+            io_uring_prep_send(sqe, self._fd, ptr, op.nbytes, SEND_FLAGS)
+        else:
             if op.fixed:
-                io_uring_prep_send_zc_fixed(sqe, self._fd, _entry_ptr(first) + offset, total,
-                                            SEND_FLAGS, 0,
+                io_uring_prep_send_zc_fixed(sqe, self._fd, ptr, op.nbytes, SEND_FLAGS, 0,
                                             (<_Pinned>first).lease.pool._buf_index)
                 loop._st_fixed_sends += 1
-            elif zc:
-                io_uring_prep_send_zc(sqe, self._fd, _entry_ptr(first) + offset, total,
-                                      SEND_FLAGS, 0)
-            if zc:
-                if loop._zc_report_usage:
-                    sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
             else:
-                io_uring_prep_send(sqe, self._fd, _entry_ptr(first) + offset, total, SEND_FLAGS)
-        else:
-            memset(&op.msg, 0, sizeof(msghdr))
-            op.msg.msg_iov = op.iov
-            op.msg.msg_iovlen = niov
-            io_uring_prep_sendmsg(sqe, self._fd, &op.msg, SEND_FLAGS)
-        loop._submit(op, sqe)
-        # The request now owns these entries; they leave the queue.
+                io_uring_prep_send_zc(sqe, self._fd, ptr, op.nbytes, SEND_FLAGS, 0)
+            if loop._zc_report_usage:
+                sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
+
+    cdef _submitted(self, _SendOp op):
+        """The request is on the ring: it owns its entries, which leave the
+        queue (all but a zero-copy entry sent in chunks), and its budget."""
+        cdef Py_ssize_t i
         for i in range(len(op.entries)):
             entry = op.entries[i]
             if type(entry) is _Pinned:
                 (<_Pinned>entry).refs += 1
-        if niov == 1 and total < _entry_len(first) - offset:
-            self._queue_offset += total       # more of this entry follows
+        if len(op.entries) == 1 and op.nbytes < _unsent_len(op, 0):
+            self._queue_offset += op.nbytes       # more of this entry follows
         else:
             self._queue_pop(len(op.entries))
             self._queue_offset = 0
             op.popped = True
-        self._queue_bytes -= total
-        self._inflight_bytes = total
+        self._queue_bytes -= op.nbytes
+        self._inflight_bytes = op.nbytes
         self._send_op = op
         self._st_sends += 1
-        if zc:
-            self._zc_pin(total, op.fixed)
+        if op.zc:
+            self._zc_pin(op.nbytes, op.fixed)
 
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
@@ -804,7 +838,7 @@ cdef class StreamTransport(RingTransport):
         pos = 0
         for i in range(len(op.entries)):
             entry = op.entries[i]
-            length = _entry_len(entry) - (op.offset if i == 0 else 0)
+            length = _unsent_len(op, i)
             covered = min(length, op.nbytes - pos)
             if covered < length or pos + covered > done:
                 break
@@ -827,7 +861,7 @@ cdef class StreamTransport(RingTransport):
             self._queue_offset = op.offset + done
             return
         for i in range(len(op.entries)):
-            length = _entry_len(op.entries[i]) - (op.offset if i == 0 else 0)
+            length = _unsent_len(op, i)
             if pos + length > done:
                 break
             pos += length
@@ -1025,6 +1059,12 @@ cdef _start_reading_after(RingLoop loop, StreamTransport transport, object waite
         loop._call_soon(transport._start_reading_next, None, None)
 
 
+cdef inline Py_ssize_t _unsent_len(_SendOp op, Py_ssize_t i):
+    # Bytes of op.entries[i] from where the request started: the first
+    # entry may have been partly sent before (op.offset).
+    return _entry_len(op.entries[i]) - (op.offset if i == 0 else 0)
+
+
 cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):
     cdef int i
     for i in range(niov):
@@ -1046,7 +1086,7 @@ cdef _settle_popped(_SendOp op, Py_ssize_t done, object exc):
         return
     for i in range(len(op.entries)):
         entry = op.entries[i]
-        pos += _entry_len(entry) - (op.offset if i == 0 else 0)
+        pos += _unsent_len(op, i)
         if type(entry) is _Pinned:
             (<_Pinned>entry).handle._set_sent(None if pos <= done else exc)
             (<_Pinned>entry)._unref()
