@@ -4,8 +4,8 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from cpython.object cimport PyObject
 
 from .includes.liburing cimport (
-    io_uring, io_uring_sqe, zc_cqe, io_uring_buf_ring, __kernel_timespec, iovec, msghdr,
-    sockaddr)
+    io_uring, io_uring_sqe, uring_cqe, io_uring_buf_ring, __kernel_timespec, iovec, msghdr,
+    sockaddr, REAP_BATCH, OP_TABLE_SIZE)
 
 cdef class RingLoop
 cdef class WritePipeTransport
@@ -34,7 +34,7 @@ cdef class RingLoop:
         long _ring_thread
         uint32_t _setup_flags
         uint32_t _ring_features
-        uint8_t _op_supported[256]
+        uint8_t _op_supported[OP_TABLE_SIZE]
         object _disabled_features       # frozenset of feature names turned off
         int _owner_pid
 
@@ -45,7 +45,7 @@ cdef class RingLoop:
         uint32_t _slot_cap
         uint32_t _slot_nfree
         uint32_t _slot_next_gen
-        zc_cqe _cqes[256]
+        uring_cqe _cqes[REAP_BATCH]
 
         list _ready                     # Handles to run in the next iteration
         list _ready_spare               # the other (empty) list, see _run_once
@@ -129,7 +129,7 @@ cdef class RingLoop:
     cdef _cancel_op(self, uint64_t user_data)
     cdef int _wait(self, double timeout) except -1
     cdef Py_ssize_t _reap(self) except -1
-    cdef int _dispatch(self, zc_cqe *cqe) except -1
+    cdef int _dispatch(self, uring_cqe *cqe) except -1
     cdef _drain_ring(self, double deadline)
     cdef _close_ring(self)
     cdef bint _feature(self, str name)

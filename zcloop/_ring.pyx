@@ -22,54 +22,8 @@ from .includes.python cimport (
 from cpython.float cimport PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
 
-import collections
-import collections.abc
-import concurrent.futures
-import errno as errno_mod
-import fcntl
-import functools
-import io
-import ipaddress
-import itertools
-import logging
-import os
-import resource
-import signal
-import socket
-import stat
-import sys
-import threading
-import warnings
-import weakref
+include "includes/stdlib.pxi"
 
-from asyncio import coroutines as aio_coroutines
-from asyncio import events as aio_events
-from asyncio import futures as aio_futures
-from asyncio import tasks as aio_tasks
-from asyncio import AbstractEventLoop
-from asyncio import constants as aio_constants
-from asyncio import exceptions as aio_exceptions
-from asyncio import protocols as aio_protocols
-from asyncio import staggered as aio_staggered
-from asyncio.base_events import _ipaddr_info
-from asyncio.protocols import BufferedProtocol as aio_protocols_BufferedProtocol
-try:
-    import ssl as ssl_mod
-except ImportError:
-    ssl_mod = None
-from asyncio.trsock import TransportSocket
-from asyncio.format_helpers import _format_callback_source as format_callback_source
-from traceback import extract_stack, format_list
-from sys import _getframe as sys_getframe
-
-logger = logging.getLogger('asyncio')
-
-# The coroutine-function test asyncio's loop applies to callbacks
-# (base_events._check_callback, unix_events.add_signal_handler): 3.14 calls
-# coroutines._iscoroutinefunction there, the same test without the
-# DeprecationWarning that the public asyncio.iscoroutinefunction() now gives.
-aio_iscoroutinefunction = getattr(aio_coroutines, '_iscoroutinefunction',
-                                  aio_coroutines.iscoroutinefunction)
 
 # Same constants as asyncio.base_events.
 cdef int _MIN_SCHEDULED_TIMER_HANDLES = 100
@@ -84,8 +38,8 @@ cdef bint _NAN_TIMEOUT_RAISES = sys.version_info >= (3, 13)
 cdef unsigned SQ_ENTRIES = 1024
 cdef unsigned CQ_ENTRIES = 4096
 
-# The loop-wide provided-buffer ring for multishot receives (R1).
-cdef int ZC_BGID = 0
+# Buffer group of the loop-wide provided-buffer ring for receives.
+cdef int RECV_BGID = 0
 # A write() may send() at once (stream.pyx _send_inline) only in iterations
 # that reaped at most this many completions.  In a light iteration sending
 # at once gets the data moving while the loop goes on; in a busy one the
@@ -102,6 +56,11 @@ cdef double DRAIN_MAX = 10.0
 # Python ints on every submission and completion.
 cdef uint32_t GEN_RESERVED = 0xFFFFFFFF
 cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
+cdef uint32_t RECV_BUF_COUNT = 256     # most buffers in the ring
+cdef uint32_t SLOTS_FIRST = 256        # request slots before the table first grows
+# Smallest payload sent zero-copy by default (loop.zc_threshold): below it,
+# pinning and the notification cost more than the copy (docs/design.md).
+cdef Py_ssize_t ZC_THRESHOLD_DEFAULT = 16 * 1024
 # A 100 KiB message arrives in one completion (one data_received(), one
 # send) instead of two: 30-50% more throughput on the 100 KiB echo than
 # 64 KiB buffers.  Measured on the one-way 1 MiB stream (one connection,
@@ -115,7 +74,6 @@ cdef uint32_t RECV_BUF_SIZE = 120 * 1024
 cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
-aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
 # loop.create_task(coro, **kwargs) as base_events has it from 3.14 on:
 # name= and context= reach a task factory.  (3.13.3 alone did so too, by
@@ -204,8 +162,8 @@ cdef class RingLoop:
         self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}
         self._buf_size = RECV_BUF_SIZE
-        self._buf_count = 256
-        self.zc_threshold = 16 * 1024
+        self._buf_count = RECV_BUF_COUNT
+        self.zc_threshold = ZC_THRESHOLD_DEFAULT
         self._zc_budget = self._zc_budget_max = _zc_default_budget()
         self._zc_pinned_total = 0
         self._zc_charged = 0
@@ -265,7 +223,7 @@ cdef class RingLoop:
         return name not in self._disabled_features
 
     cdef bint _op_ok(self, int op):
-        return 0 <= op < 256 and self._op_supported[op]
+        return 0 <= op < OP_TABLE_SIZE and self._op_supported[op]
 
     cdef _setup_ring(self):
         cdef io_uring_params params
@@ -316,8 +274,8 @@ cdef class RingLoop:
 
         probe = io_uring_get_probe_ring(&self._ring)
         if probe != NULL:
-            for op in range(min(<int>probe.last_op + 1, 256)):
-                self._op_supported[op] = zc_opcode_supported(probe, op)
+            for op in range(min(<int>probe.last_op + 1, OP_TABLE_SIZE)):
+                self._op_supported[op] = uring_opcode_supported(probe, op)
             io_uring_free_probe(probe)
         missing = [name for name, op in _required_ops() if not self._op_ok(op)]
         if missing:
@@ -355,7 +313,7 @@ cdef class RingLoop:
 
     cdef _grow_slots(self):
         cdef uint32_t old = self._slot_cap
-        cdef uint32_t new = old * 2 if old else 256
+        cdef uint32_t new = old * 2 if old else SLOTS_FIRST
         cdef uint32_t i
         cdef PyObject **ops = <PyObject**>PyMem_Realloc(self._slot_op, new * sizeof(PyObject*))
         if ops == NULL:
@@ -460,7 +418,7 @@ cdef class RingLoop:
         cdef unsigned n, i, j
         cdef Py_ssize_t total = 0
         while True:
-            n = zc_reap(&self._ring, self._cqes, 256)
+            n = uring_reap(&self._ring, self._cqes, REAP_BATCH)
             for i in range(n):
                 try:
                     self._dispatch(&self._cqes[i])
@@ -476,10 +434,10 @@ cdef class RingLoop:
                             pass
                     raise
             total += n
-            if n < 256:
+            if n < REAP_BATCH:
                 return total
 
-    cdef int _dispatch(self, zc_cqe *cqe) except -1:
+    cdef int _dispatch(self, uring_cqe *cqe) except -1:
         cdef uint64_t ud = cqe.user_data
         cdef uint32_t idx = <uint32_t>ud          # low half (C truncation)
         cdef uint32_t gen = <uint32_t>(ud >> 32)
@@ -656,7 +614,7 @@ cdef class RingLoop:
         if not self._feature('buf_ring'):
             self._buf_count = 0
             return False
-        self._buf_ring = zc_buf_ring_register(&self._ring, self._buf_count, ZC_BGID, 0,
+        self._buf_ring = buf_ring_register(&self._ring, self._buf_count, RECV_BGID, 0,
                                               &self._buf_map_len, &err)
         if self._buf_ring == NULL:
             logger.info('zcloop: provided-buffer ring unavailable (%s); using one-shot '
@@ -687,14 +645,14 @@ cdef class RingLoop:
         n = min(BUF_RING_STEP, self._buf_count - self._buf_provided)
         for i in range(n):
             self._buf_provide_new(self._buf_provided + i, i)
-        zc_buf_ring_commit(self._buf_ring, n)
+        buf_ring_commit(self._buf_ring, n)
         self._buf_provided += n
 
     cdef _buf_provide_new(self, unsigned bid, int offset):
         cdef object obj = PyBytes_FromStringAndSize(NULL, self._buf_size)
         Py_INCREF(obj)
         self._buf_objs[bid] = <PyObject*>obj
-        zc_buf_ring_push(self._buf_ring, PyBytes_AS_STRING(obj), self._buf_size, bid,
+        buf_ring_push(self._buf_ring, PyBytes_AS_STRING(obj), self._buf_size, bid,
                          self._buf_count, offset)
 
     cdef char *_buf_ptr(self, unsigned bid):
@@ -702,9 +660,9 @@ cdef class RingLoop:
 
     cdef _recycle_buf(self, unsigned bid):
         if self._buf_ring != NULL:
-            zc_buf_ring_push(self._buf_ring, self._buf_ptr(bid), self._buf_size, bid,
+            buf_ring_push(self._buf_ring, self._buf_ptr(bid), self._buf_size, bid,
                              self._buf_count, 0)
-            zc_buf_ring_commit(self._buf_ring, 1)
+            buf_ring_commit(self._buf_ring, 1)
 
     cdef bytes _buf_take(self, unsigned bid, Py_ssize_t n):
         """The ``n`` bytes the kernel put in buffer ``bid``, as bytes; the
@@ -718,7 +676,7 @@ cdef class RingLoop:
         filled = self._buf_objs[bid]          # our only reference
         self._buf_objs[bid] = NULL
         self._buf_provide_new(bid, 0)
-        zc_buf_ring_commit(self._buf_ring, 1)
+        buf_ring_commit(self._buf_ring, 1)
         _PyBytes_Resize(&filled, n)           # in place: shrinks the allocation
         result = <object>filled
         Py_DECREF(result)
@@ -1661,13 +1619,6 @@ class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, _DatagramAPI, Abstrac
 
 # ----------------------------------------------------------------------
 # Module helpers
-
-from asyncio import constants as _aio_constants
-from asyncio import exceptions as _aio_exceptions
-from time import get_clock_info as time_get_clock_info
-
-aio_constants_DEBUG_STACK_DEPTH = _aio_constants.DEBUG_STACK_DEPTH
-aio_exceptions_TimeoutError = (_aio_exceptions.TimeoutError, TimeoutError)
 
 
 def _run_until_complete_cb(fut):

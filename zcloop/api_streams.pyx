@@ -79,21 +79,6 @@ cdef str _bind_error_detail(exc):
     return (str(exc) if _BIND_DETAIL_STR else exc.strerror).lower()
 
 
-def _check_ssl_socket(sock):
-    if ssl_mod is not None and isinstance(sock, ssl_mod.SSLSocket):
-        raise TypeError("Socket cannot be of type SSLSocket")
-
-
-def _set_reuseport(sock):
-    if not hasattr(socket, 'SO_REUSEPORT'):
-        raise ValueError('reuse_port not supported by socket module')
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    except OSError:
-        raise ValueError('reuse_port not supported by socket module, '
-                         'SO_REUSEPORT defined but not implemented.')
-
-
 def _interleave_addrinfos(addrinfos, first_address_family_count=1):
     """Interleave list of addrinfo tuples by family (RFC 8305)."""
     by_family = collections.OrderedDict()
@@ -117,6 +102,8 @@ class _StreamsAPI:
 
     async def _ensure_resolved(self, address, *, family=0, type=socket.SOCK_STREAM,
                                proto=0, flags=0):
+        # asyncio's BaseEventLoop._ensure_resolved: skip the resolver for
+        # numeric hosts.
         host, port = address[:2]
         info = _ipaddr_info(host, port, family, type, proto, *address[2:])
         if info is not None:

@@ -1,10 +1,6 @@
 # Pipes and subprocesses.  Child exit is a POLL_ADD on a pidfd in the ring:
 # no SIGCHLD handler, no watcher thread.
 
-from asyncio import base_events as aio_base_events
-from asyncio import unix_events as aio_unix_events
-import subprocess
-
 
 cdef class _ChildExitOp(UringOp):
     cdef:

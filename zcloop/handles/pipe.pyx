@@ -172,7 +172,7 @@ cdef class WritePipeTransport(StreamTransport):
             # must stay 0 until the connection is lost: the queue still has
             # to drain, and the stream machinery stops on _conn_lost.
             if self._conn_lost:
-                if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                     logger.warning('pipe closed by peer or os.write(pipe, data) raised '
                                    'exception.')
                 self._conn_lost += 1

@@ -323,7 +323,7 @@ cdef class StreamTransport(RingTransport):
             else:
                 io_uring_prep_recv(sqe, self._fd, NULL, loop._buf_size, 0)
             io_uring_sqe_set_flags(sqe, IOSQE_BUFFER_SELECT)
-            sqe.buf_group = ZC_BGID
+            sqe.buf_group = RECV_BGID
         else:
             if self._rbuf == NULL:
                 self._rbuf = <char*>PyMem_Malloc(loop._buf_size)
@@ -487,7 +487,7 @@ cdef class StreamTransport(RingTransport):
         if n == 0:
             return
         if self._conn_lost:
-            if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return

@@ -10,8 +10,6 @@
 # SENDMSG_ZC; the op then keeps its bytes until the notification CQE.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
-from asyncio.constants import LOG_THRESHOLD_FOR_CONNLOST_WRITES as _DGRAM_LOG_THRESHOLD
-
 cdef extern from "<errno.h>":
     int ENOTSOCK, EFAULT
 
@@ -315,7 +313,7 @@ cdef class DatagramTransport(RingTransport):
             # asyncio counts (and after a threshold, logs) writes to a lost
             # connected endpoint; an unconnected one is treated the same way
             # here instead of failing on its closed socket.
-            if self._conn_lost >= _DGRAM_LOG_THRESHOLD:
+            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return
