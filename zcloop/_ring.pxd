@@ -30,7 +30,6 @@ cdef class RingLoop:
         io_uring _ring
         bint _ring_ready
         bint _ring_enabled
-        bint _ring_fd_registered
         long _ring_thread
         uint32_t _setup_flags
         uint32_t _ring_features
@@ -64,7 +63,6 @@ cdef class RingLoop:
         bint _executor_shutdown_called
         object _asyncgens
         bint _asyncgens_shutdown_called
-        object _old_agen_hooks
         object _current_handle
         public double slow_callback_duration
 
@@ -102,7 +100,7 @@ cdef class RingLoop:
         object _transports              # fd -> transport, weak values as selector_events
         dict _unix_server_sockets       # listening AF_UNIX socket -> inode
 
-        # zero-copy sends (zerocopy.md W1, W10)
+        # zero-copy sends (docs/design.md "Zero-copy")
         public Py_ssize_t zc_threshold  # default for new transports
         Py_ssize_t _zc_budget           # max memlock bytes charged for SEND_ZC at once
         Py_ssize_t _zc_budget_max       # the budget RLIMIT_MEMLOCK allows (_zc_default_budget)
@@ -150,8 +148,10 @@ cdef class RingLoop:
     cdef _arm_signal_read(self)
     cdef _on_signal_bytes(self, int32_t res)
 
-    # fd watchers
+    # writes flushed once per iteration
     cdef _flush_pending(self)
+
+    # the provided-buffer ring for receives
     cdef bint _ensure_buf_ring(self) except -1
     cdef _recycle_buf(self, unsigned bid)
     cdef _grow_buf_ring(self)
@@ -159,10 +159,14 @@ cdef class RingLoop:
     cdef char *_buf_ptr(self, unsigned bid)
     cdef bytes _buf_take(self, unsigned bid, Py_ssize_t n)
     cdef _free_buf_ring(self, bint leak)
+
+    # the zero-copy memlock budget
     cdef bint _zc_fits(self, Py_ssize_t nbytes)
     cdef _zc_reserve(self, Py_ssize_t nbytes)
     cdef _zc_unreserve(self, Py_ssize_t nbytes)
     cdef _zc_nomem(self, Py_ssize_t held)
+
+    # fd watchers
     cdef _schedule_poll(self, _FdWatcher watcher)
     cdef _arm_poll(self, _FdWatcher watcher)
     cdef _FdWatcher _lookup_watcher(self, fileobj)

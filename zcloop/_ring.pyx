@@ -33,7 +33,7 @@ cdef double MAXIMUM_SELECT_TIMEOUT = 24 * 3600
 # gave 0 up to 3.12; 3.13 compares instead and hands NaN to the selector.
 cdef bint _NAN_TIMEOUT_RAISES = sys.version_info >= (3, 13)
 
-# Default ring sizes (zerocopy.md L1): 2 CQEs per zero-copy send plus
+# Default ring sizes (docs/design.md "The loop"): 2 CQEs per zero-copy send plus
 # multishot bursts, so the CQ is 4x the SQ.
 cdef unsigned SQ_ENTRIES = 1024
 cdef unsigned CQ_ENTRIES = 4096
@@ -50,6 +50,13 @@ cdef int RECV_BGID = 0
 cdef Py_ssize_t INLINE_SEND_MAX_BATCH = 16
 # loop.close(): longest wait for cancelled requests that keep completing.
 cdef double DRAIN_MAX = 10.0
+# loop.close(): wait for the final CQEs of cancelled requests this long, or
+# DRAIN_PINNED while zero-copy notifications (which wait for the peer's ACK)
+# are outstanding; DRAIN_AFTER_RESET after resetting connections that still
+# pin zero-copy pages.
+cdef double DRAIN_TIMEOUT = 0.25
+cdef double DRAIN_PINNED = 1.0
+cdef double DRAIN_AFTER_RESET = 0.25
 # Request ids: slot generation << 32 | slot index.  Generation 0 and this
 # one never name a request (cancels use 0; liburing's own timeouts -1).
 # A typed constant: a bare 0xFFFFFFFF literal made Cython compare through
@@ -308,8 +315,7 @@ cdef class RingLoop:
                 self._feature('registered_ring_fd')):
             # The registered ring fd is per thread, so only for a ring that
             # stays on one thread; saves an fdget/fdput per io_uring_enter.
-            if io_uring_register_ring_fd(&self._ring) == 1:
-                self._ring_fd_registered = True
+            io_uring_register_ring_fd(&self._ring)     # best effort: 1 if registered
 
     cdef _grow_slots(self):
         cdef uint32_t old = self._slot_cap
@@ -511,7 +517,7 @@ cdef class RingLoop:
             try:
                 self._drain_ring(self._time() + self._close_drain_timeout())
                 if self._slot_nfree < self._slot_cap and self._reset_pinned_transports():
-                    self._drain_ring(self._time() + 0.25)
+                    self._drain_ring(self._time() + DRAIN_AFTER_RESET)
             except BaseException:
                 pass
         leaked = 0
@@ -574,19 +580,14 @@ cdef class RingLoop:
             if not isinstance(obj, StreamTransport):
                 continue
             transport = <StreamTransport>obj
-            if transport._zc_pinned and transport._sock is not None:
-                try:
-                    transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b'\x01\x00\x00\x00\x00\x00\x00\x00')
-                except OSError:
-                    pass
+            if transport._reset_if_pinned():
                 transport._closing = True
                 transport._close_socket()
                 n += 1
         return n
 
     def _close_drain_timeout(self):
-        return 1.0 if self._zc_pinned_total or self._pools_inflight() else 0.25
+        return DRAIN_PINNED if self._zc_pinned_total or self._pools_inflight() else DRAIN_TIMEOUT
 
     def _fixed_state(self):
         # 'unused' (no pool yet), 'registered', or why the last pool is not.
@@ -1408,7 +1409,6 @@ cdef class RingLoop:
         cdef _FdWatcher watcher
         self._check_closed()
         fd = _fileobj_to_fd(fileobj)
-        self._ensure_fd_no_transport(fd)
         if fd not in self._fd_watchers:
             # Fail now on an fd that isn't open, as epoll_ctl() does in
             # asyncio; the POLL_ADD would only report EBADF later.

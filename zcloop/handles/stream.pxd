@@ -55,7 +55,7 @@ cdef class StreamTransport(RingTransport):
         Py_ssize_t _queue_tail
         Py_ssize_t _queue_bytes      # unsent bytes in _queue: 0 exactly when it is empty
                                      # (no entry is empty; tested cheaper than the deque)
-        Py_ssize_t _queue_offset     # bytes of _queue[0] already sent
+        Py_ssize_t _queue_offset     # bytes of _queue[_queue_head] already sent
         _SendOp _send_op             # the one send chain in flight, or None
         _SendOp _spare_send_op       # a finished copying request, for the next _flush()
         Py_ssize_t _inflight_bytes
@@ -80,7 +80,7 @@ cdef class StreamTransport(RingTransport):
         object _waiter
         object _empty_waiter         # sendfile(): resolves when nothing is queued
 
-        # statistics (zerocopy.md W15)
+        # statistics (zc_stats())
         Py_ssize_t _st_zc_bytes
         Py_ssize_t _st_copy_bytes
         Py_ssize_t _st_zc_copied
@@ -114,3 +114,4 @@ cdef class StreamTransport(RingTransport):
     cdef _on_eof(self)
     cdef _on_send_closed(self, _SendOp op, bint quarantined)
     cdef _on_loop_close(self)
+    cdef bint _reset_if_pinned(self)

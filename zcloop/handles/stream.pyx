@@ -16,7 +16,8 @@ cdef Py_ssize_t QUEUE_SLOTS_KEPT = 64       # free send-queue slots kept for reu
 # write()s this large may send() at once even in a busy iteration: copied
 # to the socket while still in cache (10 KiB x 100 echo: 0.88x -> 1.02x).
 cdef Py_ssize_t INLINE_SEND_ALWAYS_MIN = 8 * 1024
-cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (W6)
+cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (docs/design.md "Zero-copy")
+_LINGER_RESET = struct.pack('ii', 1, 0)         # struct linger: on, 0 s: close sends RST
 cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
 cdef int SEND_FLAGS = MSG_WAITALL | MSG_NOSIGNAL
 if sys.version_info >= (3, 12):
@@ -989,21 +990,26 @@ cdef class StreamTransport(RingTransport):
         if self._send_op is None and self._queue_bytes == 0:
             self._schedule_connection_lost(None)
 
+    cdef bint _reset_if_pinned(self):
+        """If the peer still holds zero-copy pages of ours, make the close an
+        RST (SO_LINGER 0) instead of a FIN, so unacknowledged skbs let go of
+        them, also when the request that pinned them has completed
+        (docs/design.md "close/abort").  True if it did."""
+        if not self._zc_pinned or self._sock is None:
+            return False
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+        return True
+
     cpdef _force_close(self, object exc):
         if self._conn_lost:
             return
         if self._empty_waiter is not None and not self._empty_waiter.done():
             self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
         self._drop_queue(_CANCELLED if exc is None else exc)
-        if self._zc_pinned and self._sock is not None:
-            # RST instead of FIN so unacknowledged skbs stop holding pinned
-            # zero-copy pages (zerocopy.md W13), also when the request that
-            # pinned them has already completed.
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                      b'\x01\x00\x00\x00\x00\x00\x00\x00')
-            except OSError:
-                pass
+        self._reset_if_pinned()
         if self._send_op is not None:
             self._loop._cancel(self._send_op)
         self._closing = True
@@ -1024,7 +1030,7 @@ cdef class StreamTransport(RingTransport):
             self._ssl = None        # as the base drops _protocol
 
     # ------------------------------------------------------------------
-    # Zero-copy statistics (zerocopy.md W15); tuning is in RingTransport
+    # Zero-copy statistics; tuning is in RingTransport
 
     def zc_stats(self):
         return {

@@ -61,8 +61,7 @@ cdef class DatagramTransport(RingTransport):
         object _last_addr
         sockaddr_storage _last_ss
         socklen_t _last_sslen
-        bint _last_local
-        # zero-copy sends (zerocopy.md W2/W3/W10/W14/W15)
+        # zero-copy sends (docs/udp.md "Zero-copy")
         bint _zc_local_ok               # test hook: allow ZC to local peers
         bint _peer_local
         bytes _host_key                 # last unconnected ZC destination (sockaddr bytes)...

@@ -29,7 +29,7 @@ cdef Py_ssize_t _DGRAM_HEADER = 8 if sys.version_info >= (3, 13) else 0
 
 cdef bint _sockaddr_is_local(const sockaddr_storage *ss):
     # Loopback or unspecified peer: the kernel copies zero-copy pages on
-    # local delivery, so SENDMSG_ZC would only cost (zerocopy.md §1.8).
+    # local delivery, so SENDMSG_ZC would only cost (docs/design.md "Zero-copy").
     cdef const sockaddr_in *sin
     cdef const sockaddr_in6 *sin6
     cdef const unsigned char *a
@@ -199,7 +199,7 @@ cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, objec
         # a fresh SQE once POLLOUT fires.
         t._send_flags |= MSG_DONTWAIT
     # Zero-copy only for UDP over IP (AF_UNIX refuses it), towards other
-    # hosts (local delivery copies anyway: zerocopy.md W2).
+    # hosts (local delivery copies anyway: docs/design.md "Zero-copy").
     t._zc_capable = ((t._family == AF_INET or t._family == AF_INET6) and
                      loop._op_ok(IORING_OP_SENDMSG_ZC) and
                      loop._feature('send_zc') and loop._feature('sendmsg_zc'))
@@ -403,8 +403,8 @@ cdef class DatagramTransport(RingTransport):
         op.msg.msg_control = NULL
         op.msg.msg_controllen = 0
         op.msg.msg_flags = 0
-        # zerocopy.md W3/W10/W14: ZC from the threshold up, within the
-        # transport's and the loop's pinned-memory budgets, else copy.
+        # Zero-copy from the threshold up, to other hosts, within the
+        # pinned budgets, else copy (RingTransport._zc_admits, docs/udp.md).
         op.zc = (self._zc_admits(op.nbytes, True) and
                  (self._zc_local_ok or not (local or self._dest_is_host(op))) and
                  self._zc_fits(op.nbytes))
@@ -595,7 +595,7 @@ cdef class DatagramTransport(RingTransport):
         self._conn_lost += 1
         self._loop._call_soon(self._call_connection_lost, (exc,), None)
 
-    # -- zero-copy statistics (W15); tuning is in RingTransport
+    # -- zero-copy statistics; tuning is in RingTransport
 
     def zc_stats(self):
         return {

@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import stat
+import struct
 import sys
 import threading
 import warnings
