@@ -160,7 +160,7 @@ class _DatagramAPI:
             return
         except (BlockingIOError, InterruptedError):
             pass
-        await wait_fd(loop, sock.fileno(), POLLOUT)
+        await ring_poll(loop, sock.fileno(), POLLOUT)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, f'Connect call failed {address}')
@@ -193,7 +193,7 @@ class _DatagramAPI:
         # Other families (AF_UNIX: see the MSG_DONTWAIT note in handles/udp.pyx) and
         # the fallback above: wait for POLLOUT, then sendto(), as asyncio.
         while True:
-            await wait_fd(loop, fd, POLLOUT)
+            await ring_poll(loop, fd, POLLOUT)
             try:
                 return sock.sendto(data, address)
             except (BlockingIOError, InterruptedError):
@@ -219,7 +219,7 @@ class _DatagramAPI:
         self._ensure_fd_no_transport(fd)
         # Poll, then read: a cancelled wait has consumed nothing.
         while True:
-            await wait_fd(loop, fd, POLLIN)
+            await ring_poll(loop, fd, POLLIN)
             try:
                 return sock.recvfrom(bufsize)
             except (BlockingIOError, InterruptedError):
@@ -244,7 +244,7 @@ class _DatagramAPI:
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         while True:
-            await wait_fd(loop, fd, POLLIN)
+            await ring_poll(loop, fd, POLLIN)
             try:
                 return sock.recvfrom_into(buf, nbytes)
             except (BlockingIOError, InterruptedError):

@@ -128,7 +128,7 @@ class _StreamsAPI:
             # A connect() is already under way (one whose sock_connect() was
             # cancelled): wait for its outcome, as asyncio does.
         fd = sock.fileno()
-        await wait_fd(<RingLoop>self, fd, POLLOUT)
+        await ring_poll(<RingLoop>self, fd, POLLOUT)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, f'Connect call failed {address}')
@@ -148,7 +148,7 @@ class _StreamsAPI:
                 return sock.recv(n)
             except (BlockingIOError, InterruptedError):
                 pass
-            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; return the number of bytes received."""
@@ -160,7 +160,7 @@ class _StreamsAPI:
                 return sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 pass
-            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_accept(self, sock):
         """Accept a connection: return (conn, address), conn non-blocking."""
@@ -174,7 +174,7 @@ class _StreamsAPI:
                 return conn, address
             except (BlockingIOError, InterruptedError):
                 pass
-            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_sendall(self, sock, data):
         """Send all of data with non-blocking send() calls, waiting for
@@ -199,7 +199,7 @@ class _StreamsAPI:
         if view.itemsize != 1:
             view = view.cast('B')       # send() counts bytes
         while sent < len(view):
-            await wait_fd(<RingLoop>self, fd, POLLOUT)
+            await ring_poll(<RingLoop>self, fd, POLLOUT)
             try:
                 sent += sock.send(view[sent:])
             except (BlockingIOError, InterruptedError):

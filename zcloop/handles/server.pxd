@@ -15,10 +15,3 @@ cdef class _AcceptOp(UringOp):
 
     cdef arm(self)
     cdef stop(self)
-
-
-cdef class _ConnectOp(_FutureOp):
-    cdef:
-        sockaddr_storage addr
-        socklen_t addrlen
-        object address

@@ -1,4 +1,4 @@
-# Listening sockets (multishot ACCEPT) and outgoing connects (CONNECT).
+# Listening sockets (multishot ACCEPT); outgoing connects are in futureops.pyx.
 
 cdef class _AcceptOp(UringOp):
 
@@ -110,29 +110,6 @@ def _accept_waiter_done(fut):
     # A failed TLS handshake is the protocol's business; just consume it.
     if not fut.cancelled():
         fut.exception()
-
-
-cdef class _ConnectOp(_FutureOp):
-
-    cdef object _result(self, int32_t res):
-        return None
-
-    cdef object _error(self, int32_t res):
-        if isinstance(self.address, (str, bytes)):
-            # AF_UNIX: asyncio's connect() fails synchronously, plain message.
-            return OSError(-res, os.strerror(-res))
-        return OSError(-res, f'Connect call failed {self.address}')
-
-
-cdef object ring_connect(RingLoop loop, object sock, object address):
-    """Connect `sock` (non-blocking) with IORING_OP_CONNECT; return a future."""
-    cdef _ConnectOp op = _ConnectOp()
-    cdef io_uring_sqe *sqe
-    sockaddr_from_py(sock.family, address, &op.addr, &op.addrlen)
-    op.address = address
-    sqe = loop._sqe()
-    io_uring_prep_connect(sqe, sock.fileno(), <sockaddr*>&op.addr, op.addrlen)
-    return op._track_future(loop, sqe)
 
 
 class Server(aio_events.AbstractServer):
