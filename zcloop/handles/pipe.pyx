@@ -35,12 +35,7 @@ cdef class ReadPipeTransport(StreamTransport):
         # asyncio's words: 'polling' while it has a reader registered (from
         # the first read until pause, close or EOF); a closed one says
         # 'closed' twice, as asyncio's does.
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._fd}')
+        info = self._repr_head()
         if self._sock is None:
             info.append('closed')
         elif (self._recv_op is not None and not self._closing and not self._paused
@@ -142,12 +137,7 @@ cdef class WritePipeTransport(StreamTransport):
     def __repr__(self):
         # asyncio's words: 'polling' while it has a writer registered, which
         # is while anything is buffered.
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._fd}')
+        info = self._repr_head()
         if self._sock is None:
             info.append('closed')
         else:

@@ -246,12 +246,7 @@ cdef class StreamTransport(RingTransport):
         _start_reading_after(loop, self, waiter)
 
     def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._fd}')
+        info = self._repr_head()
         if self._sock is not None:
             info.append('read=' + ('paused' if self._paused else 'active'))
             info.append(f'write=<{"busy" if self._send_op is not None else "idle"}, '

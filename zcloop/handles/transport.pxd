@@ -31,6 +31,7 @@ cdef class RingTransport:
     cdef _init_transport(self, RingLoop loop, object sock, object protocol, object extra,
                          object server)
     cdef Py_ssize_t _buffer_size(self)
+    cdef list _repr_head(self)
     cdef _maybe_pause_protocol(self)
     cdef _maybe_resume_protocol(self)
     cdef _set_limits(self, object high, object low)

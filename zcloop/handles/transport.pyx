@@ -33,13 +33,19 @@ cdef class RingTransport:
             server._attach(self)
         loop._transports[self._fd] = self
 
-    def __repr__(self):
+    cdef list _repr_head(self):
+        """The opening of every transport's repr, as asyncio's: class,
+        closed/closing, fd."""
         info = [self.__class__.__name__]
         if self._sock is None:
             info.append('closed')
         elif self._closing:
             info.append('closing')
         info.append(f'fd={self._fd}')
+        return info
+
+    def __repr__(self):
+        info = self._repr_head()
         if self._loop is not None and not self._loop.is_closed():
             info.append(f'bufsize={self._buffer_size()}')
         return '<{}>'.format(' '.join(info))
