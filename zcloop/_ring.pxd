@@ -4,8 +4,8 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from cpython.object cimport PyObject
 
 from .includes.liburing cimport (
-    io_uring, io_uring_sqe, zc_cqe, io_uring_buf_ring, __kernel_timespec, iovec, msghdr,
-    sockaddr)
+    io_uring, io_uring_sqe, uring_cqe, io_uring_buf_ring, __kernel_timespec, iovec, msghdr,
+    sockaddr, REAP_BATCH, OP_TABLE_SIZE)
 
 cdef class RingLoop
 cdef class WritePipeTransport
@@ -19,7 +19,7 @@ include "handles/transport.pxd"
 include "handles/stream.pxd"
 include "handles/server.pxd"
 include "handles/pipe.pxd"
-include "handles/pollwait.pxd"
+include "handles/futureops.pxd"
 include "handles/udp.pxd"
 include "sslproto.pxd"
 include "pool.pxd"
@@ -30,11 +30,10 @@ cdef class RingLoop:
         io_uring _ring
         bint _ring_ready
         bint _ring_enabled
-        bint _ring_fd_registered
         long _ring_thread
         uint32_t _setup_flags
         uint32_t _ring_features
-        uint8_t _op_supported[256]
+        uint8_t _op_supported[OP_TABLE_SIZE]
         object _disabled_features       # frozenset of feature names turned off
         int _owner_pid
 
@@ -45,7 +44,7 @@ cdef class RingLoop:
         uint32_t _slot_cap
         uint32_t _slot_nfree
         uint32_t _slot_next_gen
-        zc_cqe _cqes[256]
+        uring_cqe _cqes[REAP_BATCH]
 
         list _ready                     # Handles to run in the next iteration
         list _ready_spare               # the other (empty) list, see _run_once
@@ -64,7 +63,6 @@ cdef class RingLoop:
         bint _executor_shutdown_called
         object _asyncgens
         bint _asyncgens_shutdown_called
-        object _old_agen_hooks
         object _current_handle
         public double slow_callback_duration
 
@@ -102,7 +100,7 @@ cdef class RingLoop:
         object _transports              # fd -> transport, weak values as selector_events
         dict _unix_server_sockets       # listening AF_UNIX socket -> inode
 
-        # zero-copy sends (zerocopy.md W1, W10)
+        # zero-copy sends (docs/design.md "Zero-copy")
         public Py_ssize_t zc_threshold  # default for new transports
         Py_ssize_t _zc_budget           # max memlock bytes charged for SEND_ZC at once
         Py_ssize_t _zc_budget_max       # the budget RLIMIT_MEMLOCK allows (_zc_default_budget)
@@ -123,12 +121,13 @@ cdef class RingLoop:
     cdef _enable_ring(self)
     cdef double _time(self)
     cdef io_uring_sqe *_sqe(self) except NULL
-    cdef uint64_t _track(self, UringOp op) except 0
+    cdef uint64_t _submit(self, UringOp op, io_uring_sqe *sqe) except 0
+    cdef _cancel(self, UringOp op)
     cdef _grow_slots(self)
     cdef _cancel_op(self, uint64_t user_data)
     cdef int _wait(self, double timeout) except -1
     cdef Py_ssize_t _reap(self) except -1
-    cdef int _dispatch(self, zc_cqe *cqe) except -1
+    cdef int _dispatch(self, uring_cqe *cqe) except -1
     cdef _drain_ring(self, double deadline)
     cdef _close_ring(self)
     cdef bint _feature(self, str name)
@@ -149,8 +148,10 @@ cdef class RingLoop:
     cdef _arm_signal_read(self)
     cdef _on_signal_bytes(self, int32_t res)
 
-    # fd watchers
+    # writes flushed once per iteration
     cdef _flush_pending(self)
+
+    # the provided-buffer ring for receives
     cdef bint _ensure_buf_ring(self) except -1
     cdef _recycle_buf(self, unsigned bid)
     cdef _grow_buf_ring(self)
@@ -158,9 +159,14 @@ cdef class RingLoop:
     cdef char *_buf_ptr(self, unsigned bid)
     cdef bytes _buf_take(self, unsigned bid, Py_ssize_t n)
     cdef _free_buf_ring(self, bint leak)
-    cdef bint _zc_reserve(self, Py_ssize_t nbytes)
+
+    # the zero-copy memlock budget
+    cdef bint _zc_fits(self, Py_ssize_t nbytes)
+    cdef _zc_reserve(self, Py_ssize_t nbytes)
     cdef _zc_unreserve(self, Py_ssize_t nbytes)
     cdef _zc_nomem(self, Py_ssize_t held)
+
+    # fd watchers
     cdef _schedule_poll(self, _FdWatcher watcher)
     cdef _arm_poll(self, _FdWatcher watcher)
     cdef _FdWatcher _lookup_watcher(self, fileobj)

@@ -22,54 +22,8 @@ from .includes.python cimport (
 from cpython.float cimport PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
 
-import collections
-import collections.abc
-import concurrent.futures
-import errno as errno_mod
-import fcntl
-import functools
-import io
-import ipaddress
-import itertools
-import logging
-import os
-import resource
-import signal
-import socket
-import stat
-import sys
-import threading
-import warnings
-import weakref
+include "includes/stdlib.pxi"
 
-from asyncio import coroutines as aio_coroutines
-from asyncio import events as aio_events
-from asyncio import futures as aio_futures
-from asyncio import tasks as aio_tasks
-from asyncio import AbstractEventLoop
-from asyncio import constants as aio_constants
-from asyncio import exceptions as aio_exceptions
-from asyncio import protocols as aio_protocols
-from asyncio import staggered as aio_staggered
-from asyncio.base_events import _ipaddr_info
-from asyncio.protocols import BufferedProtocol as aio_protocols_BufferedProtocol
-try:
-    import ssl as ssl_mod
-except ImportError:
-    ssl_mod = None
-from asyncio.trsock import TransportSocket
-from asyncio.format_helpers import _format_callback_source as format_callback_source
-from traceback import extract_stack, format_list
-from sys import _getframe as sys_getframe
-
-logger = logging.getLogger('asyncio')
-
-# The coroutine-function test asyncio's loop applies to callbacks
-# (base_events._check_callback, unix_events.add_signal_handler): 3.14 calls
-# coroutines._iscoroutinefunction there, the same test without the
-# DeprecationWarning that the public asyncio.iscoroutinefunction() now gives.
-aio_iscoroutinefunction = getattr(aio_coroutines, '_iscoroutinefunction',
-                                  aio_coroutines.iscoroutinefunction)
 
 # Same constants as asyncio.base_events.
 cdef int _MIN_SCHEDULED_TIMER_HANDLES = 100
@@ -79,15 +33,16 @@ cdef double MAXIMUM_SELECT_TIMEOUT = 24 * 3600
 # gave 0 up to 3.12; 3.13 compares instead and hands NaN to the selector.
 cdef bint _NAN_TIMEOUT_RAISES = sys.version_info >= (3, 13)
 
-# Default ring sizes (zerocopy.md L1): 2 CQEs per zero-copy send plus
+# Default ring sizes (docs/design.md "The loop"): 2 CQEs per zero-copy send plus
 # multishot bursts, so the CQ is 4x the SQ.
 cdef unsigned SQ_ENTRIES = 1024
 cdef unsigned CQ_ENTRIES = 4096
 
-# The loop-wide provided-buffer ring for multishot receives (R1).
-cdef int ZC_BGID = 0
+# Buffer group of the loop-wide provided-buffer ring for receives.
+cdef int RECV_BGID = 0
 # A write() may send() at once (stream.pyx _send_inline) only in iterations
-# that reaped at most this many completions.  In a light iteration sending
+# that reap at most this many completions (counted before they are
+# dispatched, so the writes of their own callbacks see this iteration's count).  In a light iteration sending
 # at once gets the data moving while the loop goes on; in a busy one the
 # iteration's io_uring_enter() carries all the writes for one syscall.
 # Measured: 16 kept the inline gain on the 10-connection echo (1 KiB: 1.14x
@@ -96,12 +51,24 @@ cdef int ZC_BGID = 0
 cdef Py_ssize_t INLINE_SEND_MAX_BATCH = 16
 # loop.close(): longest wait for cancelled requests that keep completing.
 cdef double DRAIN_MAX = 10.0
+# loop.close(): wait for the final CQEs of cancelled requests this long, or
+# DRAIN_PINNED while zero-copy notifications (which wait for the peer's ACK)
+# are outstanding; DRAIN_AFTER_RESET after resetting connections that still
+# pin zero-copy pages.
+cdef double DRAIN_TIMEOUT = 0.25
+cdef double DRAIN_PINNED = 1.0
+cdef double DRAIN_AFTER_RESET = 0.25
 # Request ids: slot generation << 32 | slot index.  Generation 0 and this
 # one never name a request (cancels use 0; liburing's own timeouts -1).
 # A typed constant: a bare 0xFFFFFFFF literal made Cython compare through
 # Python ints on every submission and completion.
 cdef uint32_t GEN_RESERVED = 0xFFFFFFFF
 cdef unsigned BUF_RING_STEP = 16       # buffers provided at first / per ENOBUFS
+cdef uint32_t RECV_BUF_COUNT = 256     # most buffers in the ring
+cdef uint32_t SLOTS_FIRST = 256        # request slots before the table first grows
+# Smallest payload sent zero-copy by default (loop.zc_threshold): below it,
+# pinning and the notification cost more than the copy (docs/design.md).
+cdef Py_ssize_t ZC_THRESHOLD_DEFAULT = 16 * 1024
 # A 100 KiB message arrives in one completion (one data_received(), one
 # send) instead of two: 30-50% more throughput on the 100 KiB echo than
 # 64 KiB buffers.  Measured on the one-way 1 MiB stream (one connection,
@@ -115,7 +82,6 @@ cdef uint32_t RECV_BUF_SIZE = 120 * 1024
 cdef Py_ssize_t BUF_HANDOVER_MIN = 16 * 1024
 
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
-aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES = aio_constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _CLEANUP_SOCKET_DEFAULT = sys.version_info >= (3, 13)
 # loop.create_task(coro, **kwargs) as base_events has it from 3.14 on:
 # name= and context= reach a task factory.  (3.13.3 alone did so too, by
@@ -139,7 +105,7 @@ include "handles/transport.pyx"
 include "handles/stream.pyx"
 include "handles/server.pyx"
 include "handles/pipe.pyx"
-include "handles/pollwait.pyx"
+include "handles/futureops.pyx"
 include "handles/udp.pyx"
 include "pool.pyx"
 include "sslproto.pyx"
@@ -204,8 +170,8 @@ cdef class RingLoop:
         self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}
         self._buf_size = RECV_BUF_SIZE
-        self._buf_count = 256
-        self.zc_threshold = 16 * 1024
+        self._buf_count = RECV_BUF_COUNT
+        self.zc_threshold = ZC_THRESHOLD_DEFAULT
         self._zc_budget = self._zc_budget_max = _zc_default_budget()
         self._zc_pinned_total = 0
         self._zc_charged = 0
@@ -265,7 +231,7 @@ cdef class RingLoop:
         return name not in self._disabled_features
 
     cdef bint _op_ok(self, int op):
-        return 0 <= op < 256 and self._op_supported[op]
+        return 0 <= op < OP_TABLE_SIZE and self._op_supported[op]
 
     cdef _setup_ring(self):
         cdef io_uring_params params
@@ -316,8 +282,8 @@ cdef class RingLoop:
 
         probe = io_uring_get_probe_ring(&self._ring)
         if probe != NULL:
-            for op in range(min(<int>probe.last_op + 1, 256)):
-                self._op_supported[op] = zc_opcode_supported(probe, op)
+            for op in range(min(<int>probe.last_op + 1, OP_TABLE_SIZE)):
+                self._op_supported[op] = uring_opcode_supported(probe, op)
             io_uring_free_probe(probe)
         missing = [name for name, op in _required_ops() if not self._op_ok(op)]
         if missing:
@@ -350,12 +316,11 @@ cdef class RingLoop:
                 self._feature('registered_ring_fd')):
             # The registered ring fd is per thread, so only for a ring that
             # stays on one thread; saves an fdget/fdput per io_uring_enter.
-            if io_uring_register_ring_fd(&self._ring) == 1:
-                self._ring_fd_registered = True
+            io_uring_register_ring_fd(&self._ring)     # best effort: 1 if registered
 
     cdef _grow_slots(self):
         cdef uint32_t old = self._slot_cap
-        cdef uint32_t new = old * 2 if old else 256
+        cdef uint32_t new = old * 2 if old else SLOTS_FIRST
         cdef uint32_t i
         cdef PyObject **ops = <PyObject**>PyMem_Realloc(self._slot_op, new * sizeof(PyObject*))
         if ops == NULL:
@@ -394,9 +359,12 @@ cdef class RingLoop:
                 raise RuntimeError('io_uring submission queue is full')
         return sqe
 
-    cdef uint64_t _track(self, UringOp op) except 0:
-        """Give ``op`` a slot and return the user_data naming it."""
+    cdef uint64_t _submit(self, UringOp op, io_uring_sqe *sqe) except 0:
+        """Name the prepared ``sqe`` after ``op``: the slot keeps the op
+        referenced until its final CQE, and ``op.ud`` is the user_data of the
+        request in flight until then (the dispatcher clears it)."""
         cdef uint32_t idx, gen
+        cdef uint64_t ud
         if self._slot_nfree == 0:
             self._grow_slots()
         self._slot_nfree -= 1
@@ -408,7 +376,16 @@ cdef class RingLoop:
         Py_INCREF(op)
         self._slot_op[idx] = <PyObject*>op
         self._slot_gen[idx] = gen
-        return (<uint64_t>gen << 32) | idx
+        ud = (<uint64_t>gen << 32) | idx
+        io_uring_sqe_set_data64(sqe, ud)
+        op.ud = ud
+        return ud
+
+    cdef _cancel(self, UringOp op):
+        """Cancel ``op``'s request in flight, if any; its final CQE still
+        comes (usually -ECANCELED)."""
+        if op is not None and op.ud:
+            self._cancel_op(op.ud)
 
     cdef _cancel_op(self, uint64_t user_data):
         cdef io_uring_sqe *sqe
@@ -448,7 +425,7 @@ cdef class RingLoop:
         cdef unsigned n, i, j
         cdef Py_ssize_t total = 0
         while True:
-            n = zc_reap(&self._ring, self._cqes, 256)
+            n = uring_reap(&self._ring, self._cqes, REAP_BATCH)
             for i in range(n):
                 try:
                     self._dispatch(&self._cqes[i])
@@ -464,10 +441,10 @@ cdef class RingLoop:
                             pass
                     raise
             total += n
-            if n < 256:
+            if n < REAP_BATCH:
                 return total
 
-    cdef int _dispatch(self, zc_cqe *cqe) except -1:
+    cdef int _dispatch(self, uring_cqe *cqe) except -1:
         cdef uint64_t ud = cqe.user_data
         cdef uint32_t idx = <uint32_t>ud          # low half (C truncation)
         cdef uint32_t gen = <uint32_t>(ud >> 32)
@@ -487,6 +464,8 @@ cdef class RingLoop:
             self._slot_gen[idx] = 0
             self._slot_free[self._slot_nfree] = idx
             self._slot_nfree += 1
+            if op.ud == ud:
+                op.ud = 0       # (not if the op was re-submitted meanwhile)
             Py_DECREF(op)
         if self._closed:
             # Draining in close(): only release memory, and what on_close()
@@ -539,7 +518,7 @@ cdef class RingLoop:
             try:
                 self._drain_ring(self._time() + self._close_drain_timeout())
                 if self._slot_nfree < self._slot_cap and self._reset_pinned_transports():
-                    self._drain_ring(self._time() + 0.25)
+                    self._drain_ring(self._time() + DRAIN_AFTER_RESET)
             except BaseException:
                 pass
         leaked = 0
@@ -602,19 +581,14 @@ cdef class RingLoop:
             if not isinstance(obj, StreamTransport):
                 continue
             transport = <StreamTransport>obj
-            if transport._zc_pinned and transport._sock is not None:
-                try:
-                    transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b'\x01\x00\x00\x00\x00\x00\x00\x00')
-                except OSError:
-                    pass
+            if transport._reset_if_pinned():
                 transport._closing = True
                 transport._close_socket()
                 n += 1
         return n
 
     def _close_drain_timeout(self):
-        return 1.0 if self._zc_pinned_total or self._pools_inflight() else 0.25
+        return DRAIN_PINNED if self._zc_pinned_total or self._pools_inflight() else DRAIN_TIMEOUT
 
     def _fixed_state(self):
         # 'unused' (no pool yet), 'registered', or why the last pool is not.
@@ -642,7 +616,7 @@ cdef class RingLoop:
         if not self._feature('buf_ring'):
             self._buf_count = 0
             return False
-        self._buf_ring = zc_buf_ring_register(&self._ring, self._buf_count, ZC_BGID, 0,
+        self._buf_ring = buf_ring_register(&self._ring, self._buf_count, RECV_BGID, 0,
                                               &self._buf_map_len, &err)
         if self._buf_ring == NULL:
             logger.info('zcloop: provided-buffer ring unavailable (%s); using one-shot '
@@ -673,14 +647,14 @@ cdef class RingLoop:
         n = min(BUF_RING_STEP, self._buf_count - self._buf_provided)
         for i in range(n):
             self._buf_provide_new(self._buf_provided + i, i)
-        zc_buf_ring_commit(self._buf_ring, n)
+        buf_ring_commit(self._buf_ring, n)
         self._buf_provided += n
 
     cdef _buf_provide_new(self, unsigned bid, int offset):
         cdef object obj = PyBytes_FromStringAndSize(NULL, self._buf_size)
         Py_INCREF(obj)
         self._buf_objs[bid] = <PyObject*>obj
-        zc_buf_ring_push(self._buf_ring, PyBytes_AS_STRING(obj), self._buf_size, bid,
+        buf_ring_push(self._buf_ring, PyBytes_AS_STRING(obj), self._buf_size, bid,
                          self._buf_count, offset)
 
     cdef char *_buf_ptr(self, unsigned bid):
@@ -688,9 +662,9 @@ cdef class RingLoop:
 
     cdef _recycle_buf(self, unsigned bid):
         if self._buf_ring != NULL:
-            zc_buf_ring_push(self._buf_ring, self._buf_ptr(bid), self._buf_size, bid,
+            buf_ring_push(self._buf_ring, self._buf_ptr(bid), self._buf_size, bid,
                              self._buf_count, 0)
-            zc_buf_ring_commit(self._buf_ring, 1)
+            buf_ring_commit(self._buf_ring, 1)
 
     cdef bytes _buf_take(self, unsigned bid, Py_ssize_t n):
         """The ``n`` bytes the kernel put in buffer ``bid``, as bytes; the
@@ -704,7 +678,7 @@ cdef class RingLoop:
         filled = self._buf_objs[bid]          # our only reference
         self._buf_objs[bid] = NULL
         self._buf_provide_new(bid, 0)
-        zc_buf_ring_commit(self._buf_ring, 1)
+        buf_ring_commit(self._buf_ring, 1)
         _PyBytes_Resize(&filled, n)           # in place: shrinks the allocation
         result = <object>filled
         Py_DECREF(result)
@@ -727,7 +701,8 @@ cdef class RingLoop:
     # the kernel charges them, so a budget within RLIMIT_MEMLOCK is not
     # refused for its per-request overhead.
 
-    cdef bint _zc_reserve(self, Py_ssize_t nbytes):
+    cdef bint _zc_fits(self, Py_ssize_t nbytes):
+        """Check only: does the budget have room for ``nbytes`` more?"""
         cdef Py_ssize_t charge = _zc_charge(nbytes)
         cdef double now
         if self._zc_charged + charge > self._zc_budget:
@@ -746,9 +721,12 @@ cdef class RingLoop:
                                   else now + ZC_REGROW_INTERVAL)
             if self._zc_charged + charge > self._zc_budget:
                 return False
-        self._zc_pinned_total += nbytes
-        self._zc_charged += charge
         return True
+
+    cdef _zc_reserve(self, Py_ssize_t nbytes):
+        """Charge ``nbytes`` (admitted by _zc_fits) until _zc_unreserve."""
+        self._zc_pinned_total += nbytes
+        self._zc_charged += _zc_charge(nbytes)
 
     cdef _zc_unreserve(self, Py_ssize_t nbytes):
         self._zc_pinned_total -= nbytes
@@ -863,7 +841,10 @@ cdef class RingLoop:
             elif timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
         self._wait(timeout)
-        self._inline_sends = self._reap() <= INLINE_SEND_MAX_BATCH
+        # Decided before the completions are dispatched: their protocol
+        # callbacks (data_received(), ...) run inside _reap() and write.
+        self._inline_sends = io_uring_cq_ready(&self._ring) <= INLINE_SEND_MAX_BATCH
+        self._reap()
 
         # Handle 'later' callbacks that are ready.
         end_time = self._time() + self._clock_resolution
@@ -1171,7 +1152,7 @@ cdef class RingLoop:
     cdef _arm_wakeup(self):
         cdef io_uring_sqe *sqe = self._sqe()
         io_uring_prep_read(sqe, self._wake_fd, &self._wake_value, sizeof(self._wake_value), 0)
-        io_uring_sqe_set_data64(sqe, self._track(self._wake_op))
+        self._submit(self._wake_op, sqe)
 
     cdef _on_wakeup(self, int32_t res):
         self._wake_pending = False
@@ -1398,12 +1379,12 @@ cdef class RingLoop:
         cdef io_uring_sqe *sqe
         if mask == watcher.armed_mask and mask:
             return
-        if watcher.armed_ud:
+        if watcher.ud:
             # Replace the poll in flight; its CQE becomes stale.
             sqe = self._sqe()
-            io_uring_prep_poll_remove(sqe, watcher.armed_ud)
+            io_uring_prep_poll_remove(sqe, watcher.ud)
             io_uring_sqe_set_data64(sqe, 0)
-            watcher.armed_ud = 0
+            watcher.ud = 0
             watcher.armed_mask = 0
         if mask == 0:
             watcher.fileobj = None
@@ -1412,9 +1393,8 @@ cdef class RingLoop:
             return
         sqe = self._sqe()
         io_uring_prep_poll_add(sqe, watcher.fd, mask)
-        watcher.armed_ud = self._track(watcher)
+        self._submit(watcher, sqe)
         watcher.armed_mask = mask
-        io_uring_sqe_set_data64(sqe, watcher.armed_ud)
 
     def _ensure_fd_no_transport(self, fd):
         fileno = fd
@@ -1433,7 +1413,6 @@ cdef class RingLoop:
         cdef _FdWatcher watcher
         self._check_closed()
         fd = _fileobj_to_fd(fileobj)
-        self._ensure_fd_no_transport(fd)
         if fd not in self._fd_watchers:
             # Fail now on an fd that isn't open, as epoll_ctl() does in
             # asyncio; the POLL_ADD would only report EBADF later.
@@ -1514,7 +1493,7 @@ cdef class RingLoop:
     cdef _arm_signal_read(self):
         cdef io_uring_sqe *sqe = self._sqe()
         io_uring_prep_read(sqe, self._sig_rsock.fileno(), self._sig_buf, sizeof(self._sig_buf), 0)
-        io_uring_sqe_set_data64(sqe, self._track(self._sig_op))
+        self._submit(self._sig_op, sqe)
 
     cdef _on_signal_bytes(self, int32_t res):
         cdef int32_t i
@@ -1644,13 +1623,6 @@ class Loop(RingLoop, _StreamsAPI, _PipesAPI, _SendfileAPI, _DatagramAPI, Abstrac
 
 # ----------------------------------------------------------------------
 # Module helpers
-
-from asyncio import constants as _aio_constants
-from asyncio import exceptions as _aio_exceptions
-from time import get_clock_info as time_get_clock_info
-
-aio_constants_DEBUG_STACK_DEPTH = _aio_constants.DEBUG_STACK_DEPTH
-aio_exceptions_TimeoutError = (_aio_exceptions.TimeoutError, TimeoutError)
 
 
 def _run_until_complete_cb(fut):

@@ -2,14 +2,6 @@
 # sock_sendto()/sock_recvfrom()/sock_recvfrom_into() coroutines, with
 # asyncio's semantics and error messages (3.11; 3.13's where they differ).  A mixin of zcloop.Loop:
 # ``self`` is always a RingLoop.
-import stat as _dg_stat
-
-from asyncio.base_events import (
-    _ipaddr_info as _dg_ipaddr_info,
-    _check_ssl_socket as _dg_check_ssl_socket,
-    _set_reuseport as _dg_set_reuseport,
-)
-
 _DG_PY313 = sys.version_info >= (3, 13)
 
 
@@ -57,7 +49,7 @@ class _DatagramAPI:
 
                 if local_addr and local_addr[0] not in (0, '\x00'):
                     try:
-                        if _dg_stat.S_ISSOCK(os.stat(local_addr).st_mode):
+                        if stat.S_ISSOCK(os.stat(local_addr).st_mode):
                             os.remove(local_addr)
                     except FileNotFoundError:
                         pass
@@ -77,7 +69,7 @@ class _DatagramAPI:
                         if not (isinstance(addr, tuple) and len(addr) == 2):
                             raise TypeError('2-tuple is expected')
 
-                        infos = await self._dgram_ensure_resolved(
+                        infos = await self._ensure_resolved(
                             addr, family=family, type=socket.SOCK_DGRAM,
                             proto=proto, flags=flags)
                         if not infos:
@@ -108,7 +100,7 @@ class _DatagramAPI:
                     sock = socket.socket(
                         family=family, type=socket.SOCK_DGRAM, proto=proto)
                     if reuse_port:
-                        _dg_set_reuseport(sock)
+                        _set_reuseport(sock)
                     if allow_broadcast:
                         sock.setsockopt(
                             socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
@@ -159,18 +151,6 @@ class _DatagramAPI:
                                  address=None, waiter=None, extra=None):
         return _new_datagram_transport(<RingLoop>self, sock, protocol, address, waiter, extra)
 
-    async def _dgram_ensure_resolved(self, address, *,
-                                     family=0, type=socket.SOCK_STREAM,
-                                     proto=0, flags=0):
-        # asyncio's BaseEventLoop._ensure_resolved: skip the resolver for
-        # numeric hosts.
-        host, port = address[:2]
-        info = _dg_ipaddr_info(host, port, family, type, proto, *address[2:])
-        if info is not None:
-            return [info]
-        return await self.getaddrinfo(host, port, family=family, type=type,
-                                      proto=proto, flags=flags)
-
     async def _dgram_connect(self, sock, address):
         # connect() of a datagram socket completes at once (it only records
         # the peer); wait on the ring only if the kernel says otherwise.
@@ -180,7 +160,7 @@ class _DatagramAPI:
             return
         except (BlockingIOError, InterruptedError):
             pass
-        await wait_fd(loop, sock.fileno(), POLLOUT)
+        await ring_poll(loop, sock.fileno(), POLLOUT)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, f'Connect call failed {address}')
@@ -193,7 +173,7 @@ class _DatagramAPI:
         Return the number of bytes sent.
         """
         cdef RingLoop loop = <RingLoop>self
-        _dg_check_ssl_socket(sock)
+        _check_ssl_socket(sock)
         if loop._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         try:
@@ -207,7 +187,7 @@ class _DatagramAPI:
         # after a cancellation of this call (the kernel may have taken the
         # datagram before the cancel arrives); a cancelled poll sends nothing.
         while True:
-            await wait_fd(loop, fd, POLLOUT)
+            await ring_poll(loop, fd, POLLOUT)
             try:
                 return sock.sendto(data, address)
             except (BlockingIOError, InterruptedError):
@@ -222,7 +202,7 @@ class _DatagramAPI:
         nbytes.
         """
         cdef RingLoop loop = <RingLoop>self
-        _dg_check_ssl_socket(sock)
+        _check_ssl_socket(sock)
         if loop._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         try:
@@ -233,7 +213,7 @@ class _DatagramAPI:
         self._ensure_fd_no_transport(fd)
         # Poll, then read: a cancelled wait has consumed nothing.
         while True:
-            await wait_fd(loop, fd, POLLIN)
+            await ring_poll(loop, fd, POLLIN)
             try:
                 return sock.recvfrom(bufsize)
             except (BlockingIOError, InterruptedError):
@@ -246,7 +226,7 @@ class _DatagramAPI:
         The return value is a tuple of (number of bytes written, address).
         """
         cdef RingLoop loop = <RingLoop>self
-        _dg_check_ssl_socket(sock)
+        _check_ssl_socket(sock)
         if loop._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         if not nbytes:
@@ -258,7 +238,7 @@ class _DatagramAPI:
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         while True:
-            await wait_fd(loop, fd, POLLIN)
+            await ring_poll(loop, fd, POLLIN)
             try:
                 return sock.recvfrom_into(buf, nbytes)
             except (BlockingIOError, InterruptedError):

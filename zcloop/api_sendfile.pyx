@@ -2,18 +2,6 @@
 # so neither disk reads nor a full socket ever block the loop (uvloop has no
 # sendfile at all).  Non-regular files fall back to read + send.
 
-cdef class _SpliceOp(_FutureOp):
-    # One SPLICE; the future gets the byte count.
-    pass
-
-
-cdef object ring_splice(RingLoop loop, int fd_in, int64_t off_in, int fd_out, unsigned nbytes):
-    cdef _SpliceOp op = _SpliceOp()
-    cdef io_uring_sqe *sqe = loop._sqe()
-    io_uring_prep_splice(sqe, fd_in, off_in, fd_out, -1, nbytes, SPLICE_F_MOVE)
-    return op._track_future(loop, sqe)
-
-
 cdef int SPLICE_PIPE_SIZE = 1024 * 1024
 
 
@@ -155,7 +143,7 @@ class _SendfileAPI:
                     except BlockingIOError:
                         # The socket is non-blocking and full (slow reader):
                         # SPLICE gives EAGAIN rather than waiting.
-                        await wait_fd(<RingLoop>self, sock_fd, POLLOUT)
+                        await ring_poll(<RingLoop>self, sock_fd, POLLOUT)
                         continue
                     if n == 0:
                         raise BrokenPipeError(errno_mod.EPIPE, 'socket closed during sendfile')

@@ -79,21 +79,6 @@ cdef str _bind_error_detail(exc):
     return (str(exc) if _BIND_DETAIL_STR else exc.strerror).lower()
 
 
-def _check_ssl_socket(sock):
-    if ssl_mod is not None and isinstance(sock, ssl_mod.SSLSocket):
-        raise TypeError("Socket cannot be of type SSLSocket")
-
-
-def _set_reuseport(sock):
-    if not hasattr(socket, 'SO_REUSEPORT'):
-        raise ValueError('reuse_port not supported by socket module')
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    except OSError:
-        raise ValueError('reuse_port not supported by socket module, '
-                         'SO_REUSEPORT defined but not implemented.')
-
-
 def _interleave_addrinfos(addrinfos, first_address_family_count=1):
     """Interleave list of addrinfo tuples by family (RFC 8305)."""
     by_family = collections.OrderedDict()
@@ -117,6 +102,8 @@ class _StreamsAPI:
 
     async def _ensure_resolved(self, address, *, family=0, type=socket.SOCK_STREAM,
                                proto=0, flags=0):
+        # asyncio's BaseEventLoop._ensure_resolved: skip the resolver for
+        # numeric hosts.
         host, port = address[:2]
         info = _ipaddr_info(host, port, family, type, proto, *address[2:])
         if info is not None:
@@ -141,7 +128,7 @@ class _StreamsAPI:
             # A connect() is already under way (one whose sock_connect() was
             # cancelled): wait for its outcome, as asyncio does.
         fd = sock.fileno()
-        await wait_fd(<RingLoop>self, fd, POLLOUT)
+        await ring_poll(<RingLoop>self, fd, POLLOUT)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, f'Connect call failed {address}')
@@ -161,7 +148,7 @@ class _StreamsAPI:
                 return sock.recv(n)
             except (BlockingIOError, InterruptedError):
                 pass
-            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; return the number of bytes received."""
@@ -173,7 +160,7 @@ class _StreamsAPI:
                 return sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 pass
-            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_accept(self, sock):
         """Accept a connection: return (conn, address), conn non-blocking."""
@@ -187,7 +174,7 @@ class _StreamsAPI:
                 return conn, address
             except (BlockingIOError, InterruptedError):
                 pass
-            await wait_fd(<RingLoop>self, sock.fileno(), POLLIN)
+            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
 
     async def sock_sendall(self, sock, data):
         """Send all of data with non-blocking send() calls, waiting for
@@ -212,7 +199,7 @@ class _StreamsAPI:
         if view.itemsize != 1:
             view = view.cast('B')       # send() counts bytes
         while sent < len(view):
-            await wait_fd(<RingLoop>self, fd, POLLOUT)
+            await ring_poll(<RingLoop>self, fd, POLLOUT)
             try:
                 sent += sock.send(view[sent:])
             except (BlockingIOError, InterruptedError):

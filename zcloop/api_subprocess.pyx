@@ -1,10 +1,6 @@
 # Pipes and subprocesses.  Child exit is a POLL_ADD on a pidfd in the ring:
 # no SIGCHLD handler, no watcher thread.
 
-from asyncio import base_events as aio_base_events
-from asyncio import unix_events as aio_unix_events
-import subprocess
-
 
 cdef class _ChildExitOp(UringOp):
     cdef:
@@ -12,7 +8,6 @@ cdef class _ChildExitOp(UringOp):
         int pid
         object transport
         object context      # process_exited() runs in it (see docs/design.md)
-        uint64_t ud
 
     def __cinit__(self):
         self.pidfd = -1
@@ -26,7 +21,6 @@ cdef class _ChildExitOp(UringOp):
 
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
-        self.ud = 0
         if res == -ECANCELED:
             self._close_pidfd()
             return 0
@@ -58,8 +52,7 @@ cdef class _ChildExitOp(UringOp):
     cdef arm(self, RingLoop loop):
         cdef io_uring_sqe *sqe = loop._sqe()
         io_uring_prep_poll_add(sqe, self.pidfd, POLLIN)
-        self.ud = loop._track(self)
-        io_uring_sqe_set_data64(sqe, self.ud)
+        loop._submit(self, sqe)
 
     def _close_pidfd(self):
         if self.pidfd >= 0:

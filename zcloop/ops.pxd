@@ -1,6 +1,9 @@
 cdef class UringOp:
     # One kind of ring request.  The loop keeps the op referenced from
     # submission until its final CQE (one without IORING_CQE_F_MORE).
+    # ud: the user_data of the request in flight, set by loop._submit() and
+    # cleared by the dispatcher on its final CQE (0: none in flight).
+    cdef uint64_t ud
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1
     cdef int on_close(self, RingLoop loop) except -1
@@ -20,7 +23,6 @@ cdef class _FdWatcher(UringOp):
         object fileobj
         Handle reader
         Handle writer
-        uint64_t armed_ud
         uint32_t armed_mask
         bint queued
 
@@ -32,7 +34,6 @@ cdef class _FutureOp(UringOp):
     cdef:
         RingLoop loop
         object fut
-        uint64_t ud
 
     cdef object _track_future(self, RingLoop loop, io_uring_sqe *sqe)
     cdef object _result(self, int32_t res)

@@ -33,7 +33,7 @@ cdef class _FdWatcher(UringOp):
     # add_reader()/add_writer() on one fd: a one-shot POLL_ADD for the union
     # of the wanted events, re-armed after the callbacks ran (level-triggered,
     # like a selector).
-    # armed_ud: user_data of the poll in flight (0 if none); queued: the
+    # ud: user_data of the poll in flight (0 if none); queued: the
     # watcher sits in loop._pending_polls waiting to be (re-)armed.
     # fileobj: the object last passed to add_*(), so remove_*() still finds
     # the registration once that object is closed (fileno() == -1), as
@@ -49,9 +49,8 @@ cdef class _FdWatcher(UringOp):
 
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
-        if user_data != self.armed_ud:
-            return 0            # a poll we replaced or removed
-        self.armed_ud = 0
+        if self.ud:
+            return 0            # a poll we replaced: the newer one is in flight
         self.armed_mask = 0
         if res == -ECANCELED:
             pass
@@ -93,8 +92,7 @@ cdef class _FutureOp(UringOp):
     cdef object _track_future(self, RingLoop loop, io_uring_sqe *sqe):
         """Track the prepared ``sqe`` and return the future it resolves."""
         self.loop = loop
-        self.ud = loop._track(self)
-        io_uring_sqe_set_data64(sqe, self.ud)
+        loop._submit(self, sqe)
         if self.fut is None:
             self.fut = aio_futures.Future(loop=loop)
             self.fut.add_done_callback(self._fut_done)
@@ -108,7 +106,6 @@ cdef class _FutureOp(UringOp):
 
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
-        self.ud = 0
         fut = self.fut
         if fut is None or fut.done():
             return 0
@@ -121,5 +118,5 @@ cdef class _FutureOp(UringOp):
         return 0
 
     def _fut_done(self, fut):
-        if fut.cancelled() and self.ud and self.loop is not None:
-            self.loop._cancel_op(self.ud)
+        if fut.cancelled() and self.loop is not None:
+            self.loop._cancel(self)

@@ -480,7 +480,7 @@ cdef class SSLProtocol:
     cdef _write_appdata(self, object list_of_data):
         cdef Py_ssize_t first
         if self._state in (SSL_FLUSHING, SSL_SHUTDOWN, SSL_UNWRAPPED):
-            if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('SSL connection is closed')
             self._conn_lost += 1
             return

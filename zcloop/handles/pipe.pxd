@@ -8,7 +8,6 @@ cdef class _PipeHangupOp(UringOp):
 
 cdef class WritePipeTransport(StreamTransport):
     cdef:
-        _PipeHangupOp _hup_op
-        uint64_t _hup_ud
+        _PipeHangupOp _hup_op   # the POLL_ADD watching for the hangup, if any
 
     cdef _watch_hangup(self)

@@ -35,12 +35,7 @@ cdef class ReadPipeTransport(StreamTransport):
         # asyncio's words: 'polling' while it has a reader registered (from
         # the first read until pause, close or EOF); a closed one says
         # 'closed' twice, as asyncio's does.
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._fd}')
+        info = self._repr_head()
         if self._sock is None:
             info.append('closed')
         elif (self._recv_op is not None and not self._closing and not self._paused
@@ -97,9 +92,9 @@ cdef class _PipeHangupOp(UringOp):
                     uint32_t flags) except -1:
         cdef bint entered
         transport = self.transport
-        if transport._hup_ud != user_data:
-            return 0
-        transport._hup_ud = 0
+        if transport._hup_op is not self:
+            return 0            # the transport stopped watching
+        transport._hup_op = None
         if res == -ECANCELED or transport._conn_lost:
             return 0
         if loop._debug:
@@ -137,18 +132,12 @@ cdef class WritePipeTransport(StreamTransport):
         self._hup_op.transport = self
         sqe = loop._sqe()
         io_uring_prep_poll_add(sqe, self._fd, POLLIN)
-        self._hup_ud = loop._track(self._hup_op)
-        io_uring_sqe_set_data64(sqe, self._hup_ud)
+        loop._submit(self._hup_op, sqe)
 
     def __repr__(self):
         # asyncio's words: 'polling' while it has a writer registered, which
         # is while anything is buffered.
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._fd}')
+        info = self._repr_head()
         if self._sock is None:
             info.append('closed')
         else:
@@ -173,7 +162,7 @@ cdef class WritePipeTransport(StreamTransport):
             # must stay 0 until the connection is lost: the queue still has
             # to drain, and the stream machinery stops on _conn_lost.
             if self._conn_lost:
-                if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                     logger.warning('pipe closed by peer or os.write(pipe, data) raised '
                                    'exception.')
                 self._conn_lost += 1
@@ -213,7 +202,7 @@ cdef class WritePipeTransport(StreamTransport):
         raise NotImplementedError
 
     def _call_connection_lost(self, exc):
-        if self._hup_ud:
-            self._loop._cancel_op(self._hup_ud)
-            self._hup_ud = 0
+        if self._hup_op is not None:
+            self._loop._cancel(self._hup_op)
+            self._hup_op = None
         StreamTransport._call_connection_lost(self, exc)

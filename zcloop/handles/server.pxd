@@ -10,16 +10,8 @@ cdef class _AcceptOp(UringOp):
         object ssl_handshake_timeout
         object ssl_shutdown_timeout
         object context          # of the call that started serving
-        uint64_t ud
         bint stopped
         object retry_handle
 
     cdef arm(self)
     cdef stop(self)
-
-
-cdef class _ConnectOp(_FutureOp):
-    cdef:
-        sockaddr_storage addr
-        socklen_t addrlen
-        object address

@@ -1,4 +1,4 @@
-# Listening sockets (multishot ACCEPT) and outgoing connects (CONNECT).
+# Listening sockets (multishot ACCEPT); outgoing connects are in futureops.pyx.
 
 cdef class _AcceptOp(UringOp):
 
@@ -12,16 +12,14 @@ cdef class _AcceptOp(UringOp):
                                            SOCK_NONBLOCK | SOCK_CLOEXEC)
         else:
             io_uring_prep_accept(sqe, self.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
-        self.ud = self.loop._track(self)
-        io_uring_sqe_set_data64(sqe, self.ud)
+        self.loop._submit(self, sqe)
 
     cdef stop(self):
         self.stopped = True
         if self.retry_handle is not None:
             self.retry_handle.cancel()
             self.retry_handle = None
-        if self.ud:
-            self.loop._cancel_op(self.ud)
+        self.loop._cancel(self)
 
     def _retry(self):
         self.retry_handle = None
@@ -30,8 +28,6 @@ cdef class _AcceptOp(UringOp):
     cdef int on_cqe(self, RingLoop loop, uint64_t user_data, int32_t res,
                     uint32_t flags) except -1:
         cdef bint final = not (flags & IORING_CQE_F_MORE)
-        if final and user_data == self.ud:
-            self.ud = 0
         if res >= 0:
             if self.stopped:
                 os.close(res)
@@ -51,8 +47,7 @@ cdef class _AcceptOp(UringOp):
                 'exception': OSError(err, os.strerror(err)),
                 'socket': TransportSocket(self.sock),
             })
-            if self.ud:
-                self.loop._cancel_op(self.ud)
+            self.loop._cancel(self)
             if self.retry_handle is None:
                 self.retry_handle = self.loop.call_later(
                     aio_constants.ACCEPT_RETRY_DELAY, self._retry)
@@ -115,29 +110,6 @@ def _accept_waiter_done(fut):
     # A failed TLS handshake is the protocol's business; just consume it.
     if not fut.cancelled():
         fut.exception()
-
-
-cdef class _ConnectOp(_FutureOp):
-
-    cdef object _result(self, int32_t res):
-        return None
-
-    cdef object _error(self, int32_t res):
-        if isinstance(self.address, (str, bytes)):
-            # AF_UNIX: asyncio's connect() fails synchronously, plain message.
-            return OSError(-res, os.strerror(-res))
-        return OSError(-res, f'Connect call failed {self.address}')
-
-
-cdef object ring_connect(RingLoop loop, object sock, object address):
-    """Connect `sock` (non-blocking) with IORING_OP_CONNECT; return a future."""
-    cdef _ConnectOp op = _ConnectOp()
-    cdef io_uring_sqe *sqe
-    sockaddr_from_py(sock.family, address, &op.addr, &op.addrlen)
-    op.address = address
-    sqe = loop._sqe()
-    io_uring_prep_connect(sqe, sock.fileno(), <sockaddr*>&op.addr, op.addrlen)
-    return op._track_future(loop, sqe)
 
 
 class Server(aio_events.AbstractServer):

@@ -37,7 +37,6 @@ cdef class _SendOp(UringOp):
         bint popped             # entries left the queue with this request
         bint refused            # SEND_ZC refused (nothing sent); re-sent by copy
         bint fixed              # SEND_ZC from a registered buffer (no memlock budget)
-        uint64_t ud
         iovec *iov
         int iov_cap             # iovecs allocated at iov (kept across reuse)
         msghdr msg
@@ -56,7 +55,7 @@ cdef class StreamTransport(RingTransport):
         Py_ssize_t _queue_tail
         Py_ssize_t _queue_bytes      # unsent bytes in _queue: 0 exactly when it is empty
                                      # (no entry is empty; tested cheaper than the deque)
-        Py_ssize_t _queue_offset     # bytes of _queue[0] already sent
+        Py_ssize_t _queue_offset     # bytes of _queue[_queue_head] already sent
         _SendOp _send_op             # the one send chain in flight, or None
         _SendOp _spare_send_op       # a finished copying request, for the next _flush()
         Py_ssize_t _inflight_bytes
@@ -68,7 +67,6 @@ cdef class StreamTransport(RingTransport):
         bint _shutdown_done
 
         _RecvOp _recv_op
-        uint64_t _recv_ud
         bint _recv_cancelled
         bint _paused
         bint _read_eof
@@ -78,26 +76,28 @@ cdef class StreamTransport(RingTransport):
         char *_rbuf                  # own receive buffer without a buffer ring
         bint _is_pipe                # READ/WRITE(V) instead of RECV/SEND(MSG)
 
-        bint _zc_write               # plain write() may use SEND_ZC
-        str _zc_refused              # errno name of the socket's zero-copy refusal
         bint _zc_peer_unverified     # _zc_write set, _is_host_address not asked yet
         object _waiter
         object _empty_waiter         # sendfile(): resolves when nothing is queued
 
-        # statistics (zerocopy.md W15)
+        # statistics (zc_stats())
         Py_ssize_t _st_zc_bytes
         Py_ssize_t _st_copy_bytes
         Py_ssize_t _st_zc_copied
-        Py_ssize_t _st_demotions
         Py_ssize_t _st_sends
         Py_ssize_t _st_inline_sends
 
     cdef _init_stream(self, RingLoop loop, object sock, object protocol, object waiter,
                       object extra, object server)
     cdef _enqueue(self, object entry, Py_ssize_t n)
-    cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1
-    cdef _flush(self)
-    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)
+    # The write path (stream.pyx, docs/design.md "Write path"):
+    cdef bint _inline_ok(self, Py_ssize_t n)       # write(): send() now?
+    cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1  # send() now
+    cdef _flush(self)                              # once per iteration: one request
+    cdef _SendOp _batch(self)                      # choose its entries (checks only)
+    cdef bint _entry_zc(self, object entry, Py_ssize_t remaining)  # may it go zero-copy?
+    cdef _prep_send(self, _SendOp op, io_uring_sqe *sqe)   # SEND/SENDMSG/SEND_ZC/WRITE(V)
+    cdef _submitted(self, _SendOp op)              # entries leave the queue, budget pinned
     cdef bint _zc_peer_remote(self)
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags)
     cdef _on_send_notif(self, _SendOp op, int32_t res)
@@ -109,9 +109,9 @@ cdef class StreamTransport(RingTransport):
     cdef _start_reading(self)
     cdef _arm_recv(self)
     cdef _stop_recv(self)
-    cdef _on_recv(self, uint64_t ud, int32_t res, uint32_t flags)
+    cdef _on_recv(self, int32_t res, uint32_t flags)
     cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1
     cdef _on_eof(self)
-    cdef _demote(self)
     cdef _on_send_closed(self, _SendOp op, bint quarantined)
     cdef _on_loop_close(self)
+    cdef bint _reset_if_pinned(self)

@@ -1,19 +1,23 @@
 # Stream transports (TCP, Unix, pipes' socket cousins) on the ring.
 #
-# Writes: write() snapshots non-bytes data and queues it; once per loop
-# iteration the queue goes out as ONE request (SEND / SENDMSG, or SEND_ZC /
-# SENDMSG_ZC for large immutable payloads), always with MSG_WAITALL, and at
-# most one request per socket is in flight (zerocopy.md W5, W6).
-# Reads: a multishot RECV fed from the loop-wide provided-buffer ring; each
-# completion is copied into bytes and the buffer recycled at once (R1).
+# Writes (docs/design.md "Write path"): write() on an idle socket send()s at
+# once in a light iteration (or for INLINE_SEND_ALWAYS_MIN bytes and more);
+# otherwise the data is queued, and once per loop iteration the queue goes
+# out as ONE request (SEND / SENDMSG, or SEND_ZC for a large payload to
+# another host or a write_zc() buffer), always with MSG_WAITALL, at most one
+# request per socket in flight.
+# Reads: a multishot RECV fed from the loop-wide provided-buffer ring; a
+# completion under BUF_HANDOVER_MIN is copied into bytes and its buffer
+# recycled at once, a larger one hands the buffer's bytes object over
+# (RingLoop._buf_take).
 
 cdef Py_ssize_t IOV_MAX_SEGMENTS = 1024
 cdef Py_ssize_t QUEUE_SLOTS_KEPT = 64       # free send-queue slots kept for reuse
 # write()s this large may send() at once even in a busy iteration: copied
 # to the socket while still in cache (10 KiB x 100 echo: 0.88x -> 1.02x).
 cdef Py_ssize_t INLINE_SEND_ALWAYS_MIN = 8 * 1024
-cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (W6)
-cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
+cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (docs/design.md "Zero-copy")
+_LINGER_RESET = struct.pack('ii', 1, 0)         # struct linger: on, 0 s: close sends RST
 cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
 cdef int SEND_FLAGS = MSG_WAITALL | MSG_NOSIGNAL
 if sys.version_info >= (3, 12):
@@ -135,6 +139,12 @@ cdef inline Py_ssize_t _entry_len(object entry):
     return (<_Pinned>entry).view.len
 
 
+cdef inline bint _entry_fixed(object entry):
+    # A BufferPool block: sent from its registered buffer (SEND_ZC_FIXED).
+    return (type(entry) is _Pinned and (<_Pinned>entry).lease is not None and
+            (<_Pinned>entry).lease.pool._buf_index >= 0)
+
+
 cdef inline char *_entry_ptr(object entry):
     if type(entry) is bytes:
         return PyBytes_AS_STRING(entry)
@@ -195,7 +205,7 @@ cdef class _RecvOp(UringOp):
         cdef object context = transport._context    # resume_reading() may replace it
         cdef bint entered = _enter_context(context)
         try:
-            transport._on_recv(user_data, res, flags)
+            transport._on_recv(res, flags)
         finally:
             if entered:
                 PyContext_Exit(<PyObject*>context)
@@ -236,12 +246,7 @@ cdef class StreamTransport(RingTransport):
         _start_reading_after(loop, self, waiter)
 
     def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._fd}')
+        info = self._repr_head()
         if self._sock is not None:
             info.append('read=' + ('paused' if self._paused else 'active'))
             info.append(f'write=<{"busy" if self._send_op is not None else "idle"}, '
@@ -296,7 +301,7 @@ cdef class StreamTransport(RingTransport):
     cdef _start_reading(self):
         if self._closing or self._paused or self._read_eof or self._sock is None:
             return
-        if self._recv_ud == 0:
+        if self._recv_op is None or self._recv_op.ud == 0:
             self._arm_recv()
 
     cdef _arm_recv(self):
@@ -314,7 +319,7 @@ cdef class StreamTransport(RingTransport):
             else:
                 io_uring_prep_recv(sqe, self._fd, NULL, loop._buf_size, 0)
             io_uring_sqe_set_flags(sqe, IOSQE_BUFFER_SELECT)
-            sqe.buf_group = ZC_BGID
+            sqe.buf_group = RECV_BGID
         else:
             if self._rbuf == NULL:
                 self._rbuf = <char*>PyMem_Malloc(loop._buf_size)
@@ -324,24 +329,21 @@ cdef class StreamTransport(RingTransport):
                 io_uring_prep_read(sqe, self._fd, self._rbuf, loop._buf_size, NO_OFFSET)
             else:
                 io_uring_prep_recv(sqe, self._fd, self._rbuf, loop._buf_size, 0)
-        self._recv_ud = loop._track(self._recv_op)
+        loop._submit(self._recv_op, sqe)
         self._recv_cancelled = False
-        io_uring_sqe_set_data64(sqe, self._recv_ud)
 
     cdef _stop_recv(self):
-        if self._recv_ud and not self._recv_cancelled:
+        if self._recv_op is not None and self._recv_op.ud and not self._recv_cancelled:
             self._recv_cancelled = True
-            self._loop._cancel_op(self._recv_ud)
+            self._loop._cancel(self._recv_op)
 
-    cdef _on_recv(self, uint64_t ud, int32_t res, uint32_t flags):
+    cdef _on_recv(self, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
         cdef bint final = not (flags & IORING_CQE_F_MORE)
         cdef unsigned bid
         cdef bint pending_buf = flags & IORING_CQE_F_BUFFER
         cdef bint stash
         cdef const char *data = NULL
-        if final and ud == self._recv_ud:
-            self._recv_ud = 0
         if pending_buf:
             bid = flags >> IORING_CQE_BUFFER_SHIFT
             data = loop._buf_ptr(bid)
@@ -474,8 +476,9 @@ cdef class StreamTransport(RingTransport):
         return self._queue_bytes + self._inflight_bytes
 
     def write(self, data):
-        """Queue data; it goes out with everything else written in this loop
-        iteration, in one request."""
+        """Send data now on an idle socket (_inline_ok), else queue it: it
+        goes out with everything else written in this loop iteration, in
+        one request (_flush)."""
         cdef Py_ssize_t n
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -491,19 +494,25 @@ cdef class StreamTransport(RingTransport):
         if n == 0:
             return
         if self._conn_lost:
-            if self._conn_lost >= aio_constants_LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return
         # After close() with data still buffered (so _conn_lost is still 0),
         # asyncio keeps queueing: the bytes go out before connection_lost().
-        if self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and \
-                (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and \
-                self._inline_iteration != self._loop._iteration and \
-                not (self._zc_write and 0 < self._zc_threshold <= n and self._zc_peer_remote()):
-            if self._send_inline(data, n):
-                return
+        if self._inline_ok(n) and self._send_inline(data, n):
+            return
         self._enqueue(data, n)
+
+    cdef bint _inline_ok(self, Py_ssize_t n):
+        """May write() send ``n`` bytes now (_send_inline)?  Only on an idle
+        socket (nothing queued or in flight), once per loop iteration, in a
+        light iteration (RingLoop._inline_sends) or for INLINE_SEND_ALWAYS_MIN
+        bytes or more, and not when the bytes may go zero-copy."""
+        return (self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and
+                (self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and
+                self._inline_iteration != self._loop._iteration and
+                not (self._zc_admits(n, True) and self._zc_peer_remote()))
 
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1:
         """The first write() of a light iteration (RingLoop._inline_sends), or
@@ -665,38 +674,58 @@ cdef class StreamTransport(RingTransport):
         return self._zc_write
 
     cdef bint _entry_zc(self, object entry, Py_ssize_t remaining):
-        """Does this entry go out as SEND_ZC now?  Plain write() bytes only
+        """May this entry go out as SEND_ZC now (check only: _flush
+        reserves once the request is on the ring)?  Plain write() bytes only
         towards other hosts, write_zc() buffers on any TCP socket that has
-        not refused zero-copy; within the budgets (reserved here)."""
-        if not self._zc_capable or self._zc_threshold <= 0 or remaining < self._zc_threshold:
+        not refused zero-copy; within the budgets."""
+        if not self._zc_admits(remaining, type(entry) is bytes):
             return False
-        if type(entry) is bytes and not (self._zc_write and self._zc_peer_remote()):
+        if type(entry) is bytes and not self._zc_peer_remote():
             return False
-        if type(entry) is _Pinned and (<_Pinned>entry).lease is not None and \
-                (<_Pinned>entry).lease.pool._buf_index >= 0:
+        if _entry_fixed(entry):
             return True     # registered: pinned once for the pool, no memlock budget
-        remaining = min(remaining, ZC_MAX_REQUEST)
-        if self._zc_pinned + remaining > ZC_MAX_PINNED_PER_TRANSPORT:
-            return False
-        return self._loop._zc_reserve(remaining)
+        return self._zc_fits(min(remaining, ZC_MAX_REQUEST))
+
+    # The write path, in order (docs/design.md "Write path"):
+    #   write() -> _inline_ok() ? _send_inline() : _enqueue()
+    #   _enqueue() -> loop._pending_flush -> _flush() once per iteration:
+    #     _batch() -> _prep_send() -> loop._submit() -> _submitted()
+    #   _on_send_done() at the first CQE (requeues what was not sent),
+    #   _release_op() at the final one.
 
     cdef _flush(self):
+        """Put the head of the queue on the ring as one request; at most one
+        is in flight per transport."""
         cdef RingLoop loop = self._loop
         cdef _SendOp op
         cdef io_uring_sqe *sqe
-        cdef Py_ssize_t total = 0, n, offset, i, head, end
-        cdef int niov = 0
-        cdef bint zc
-        cdef list queue
+        cdef int niov
         self._flush_queued = False
         if self._send_op is not None or self._queue_bytes == 0 or self._sock is None:
             return
-        queue = self._queue
-        head = self._queue_head
-        offset = self._queue_offset
+        op = self._batch()
+        niov = len(op.entries)
+        if niov > 1:
+            # Before taking the SQE: a MemoryError must not leave one unprepared.
+            op.reserve_iov(niov)
+            _fill_iov(op, niov, op.offset)
+        sqe = loop._sqe()
+        self._prep_send(op, sqe)
+        loop._submit(op, sqe)
+        self._submitted(op)
+
+    cdef _SendOp _batch(self):
+        """Choose what the next request sends: one entry that goes
+        zero-copy (at most ZC_MAX_REQUEST of it, unless registered), or up
+        to IOV_MAX_SEGMENTS entries by copy, stopping before one that may go
+        zero-copy (it gets its own request).  Nothing is reserved yet."""
+        cdef _SendOp op
+        cdef list queue = self._queue
+        cdef Py_ssize_t head = self._queue_head, offset = self._queue_offset
+        cdef Py_ssize_t total = 0, n, i
+        cdef int niov = 0
         first = queue[head]
         n = _entry_len(first) - offset
-        zc = self._entry_zc(first, n)
         op = self._spare_send_op
         if op is None:
             op = _SendOp()
@@ -706,83 +735,79 @@ cdef class StreamTransport(RingTransport):
             op.implicit_zc = False
             op.popped = False
         op.offset = offset
-        op.zc = zc
-        op.fixed = (zc and type(first) is _Pinned and (<_Pinned>first).lease is not None and
-                    (<_Pinned>first).lease.pool._buf_index >= 0)
-        if zc:
-            # One large entry, at most ZC_MAX_REQUEST of it per request
-            # (a registered block is charged nothing per request).
+        op.zc = self._entry_zc(first, n)
+        op.fixed = op.zc and _entry_fixed(first)
+        if op.zc:
             op.implicit_zc = type(first) is bytes
-            if not op.fixed:
-                n = min(n, ZC_MAX_REQUEST)
             op.entries = [first]
-            total = n
-            niov = 1
-        else:
-            end = self._queue_tail
-            for i in range(head, end):
-                entry = queue[i]
-                if niov == IOV_MAX_SEGMENTS:
-                    break
-                if niov and self._zc_capable and self._zc_threshold > 0 and \
-                        _entry_len(entry) >= self._zc_threshold and \
-                        (self._zc_write or type(entry) is not bytes):
-                    break       # it may go zero-copy: its own request (_entry_zc)
-                total += _entry_len(entry)
-                niov += 1
-            total -= offset
-            if niov == 1 and total > SEND_MAX_REQUEST:
-                total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
-            op.entries = queue[head:head + niov]
+            op.nbytes = n if op.fixed else min(n, ZC_MAX_REQUEST)
+            return op
+        for i in range(head, self._queue_tail):
+            entry = queue[i]
+            if niov == IOV_MAX_SEGMENTS:
+                break
+            if niov and self._zc_admits(_entry_len(entry), type(entry) is bytes):
+                break       # it may go zero-copy: its own request (_entry_zc)
+            total += _entry_len(entry)
+            niov += 1
+        total -= offset
+        if niov == 1 and total > SEND_MAX_REQUEST:
+            total = SEND_MAX_REQUEST     # sqe->len is 32 bits; > INT_MAX is EINVAL
+        op.entries = queue[head:head + niov]
         op.nbytes = total
+        return op
+
+    cdef _prep_send(self, _SendOp op, io_uring_sqe *sqe):
+        """Write the request into ``sqe``: WRITE(V) on pipes, else SEND,
+        SEND_ZC(_FIXED) for one entry, SENDMSG for several."""
+        cdef RingLoop loop = self._loop
+        cdef int niov = len(op.entries)
+        cdef char *ptr
         if niov > 1:
-            # Before taking the SQE: a MemoryError must not leave one unprepared.
-            op.reserve_iov(niov)
-            _fill_iov(op, niov, offset)
-        sqe = loop._sqe()
-        if self._is_pipe:
-            if niov == 1:
-                io_uring_prep_write(sqe, self._fd, _entry_ptr(first) + offset, total, NO_OFFSET)
-            else:
+            if self._is_pipe:
                 io_uring_prep_writev(sqe, self._fd, op.iov, niov, NO_OFFSET)
-        elif niov == 1:
+            else:
+                memset(&op.msg, 0, sizeof(msghdr))
+                op.msg.msg_iov = op.iov
+                op.msg.msg_iovlen = niov
+                io_uring_prep_sendmsg(sqe, self._fd, &op.msg, SEND_FLAGS)
+            return
+        first = op.entries[0]
+        ptr = _entry_ptr(first) + op.offset
+        if self._is_pipe:
+            io_uring_prep_write(sqe, self._fd, ptr, op.nbytes, NO_OFFSET)
+        elif not op.zc:
+            io_uring_prep_send(sqe, self._fd, ptr, op.nbytes, SEND_FLAGS)
+        else:
             if op.fixed:
-                io_uring_prep_send_zc_fixed(sqe, self._fd, _entry_ptr(first) + offset, total,
-                                            SEND_FLAGS, 0,
+                io_uring_prep_send_zc_fixed(sqe, self._fd, ptr, op.nbytes, SEND_FLAGS, 0,
                                             (<_Pinned>first).lease.pool._buf_index)
                 loop._st_fixed_sends += 1
-            elif zc:
-                io_uring_prep_send_zc(sqe, self._fd, _entry_ptr(first) + offset, total,
-                                      SEND_FLAGS, 0)
-            if zc:
-                if loop._zc_report_usage:
-                    sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
             else:
-                io_uring_prep_send(sqe, self._fd, _entry_ptr(first) + offset, total, SEND_FLAGS)
-        else:
-            memset(&op.msg, 0, sizeof(msghdr))
-            op.msg.msg_iov = op.iov
-            op.msg.msg_iovlen = niov
-            io_uring_prep_sendmsg(sqe, self._fd, &op.msg, SEND_FLAGS)
-        op.ud = loop._track(op)
-        io_uring_sqe_set_data64(sqe, op.ud)
-        # The request now owns these entries; they leave the queue.
+                io_uring_prep_send_zc(sqe, self._fd, ptr, op.nbytes, SEND_FLAGS, 0)
+            if loop._zc_report_usage:
+                sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
+
+    cdef _submitted(self, _SendOp op):
+        """The request is on the ring: it owns its entries, which leave the
+        queue (all but a zero-copy entry sent in chunks), and its budget."""
+        cdef Py_ssize_t i
         for i in range(len(op.entries)):
             entry = op.entries[i]
             if type(entry) is _Pinned:
                 (<_Pinned>entry).refs += 1
-        if niov == 1 and total < _entry_len(first) - offset:
-            self._queue_offset += total       # more of this entry follows
+        if len(op.entries) == 1 and op.nbytes < _unsent_len(op, 0):
+            self._queue_offset += op.nbytes       # more of this entry follows
         else:
             self._queue_pop(len(op.entries))
             self._queue_offset = 0
             op.popped = True
-        self._queue_bytes -= total
-        self._inflight_bytes = total
+        self._queue_bytes -= op.nbytes
+        self._inflight_bytes = op.nbytes
         self._send_op = op
         self._st_sends += 1
-        if zc:
-            self._zc_pinned += total
+        if op.zc:
+            self._zc_pin(op.nbytes, op.fixed)
 
     cdef _on_send_done(self, _SendOp op, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
@@ -798,22 +823,9 @@ cdef class StreamTransport(RingTransport):
             self._after_drain()
             return
         if res < 0:
-            if op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or res == -EINVAL):
-                # Zero-copy refused, nothing was sent: go again, and make sure
-                # the retry cannot be refused the same way (docs/design.md).
-                if res == -EINVAL and loop._zc_report_usage:
-                    # A kernel before 6.2 rejects the REPORT_USAGE flag.
-                    loop._zc_report_usage = False
-                elif res == -ENOMEM:
-                    # Memlock: the budget shrinks so the retry goes by copy.
-                    loop._zc_nomem(op.nbytes if flags & IORING_CQE_F_MORE and not op.fixed
-                                   else 0)
-                else:
-                    # The socket refuses (no SOCK_SUPPORT_ZC: MPTCP, ...):
-                    # no zero-copy on it any more, write_zc() included.
-                    self._zc_capable = False
-                    self._zc_refused = _errno_name(-res)
-                    self._demote()
+            if op.zc and self._zc_refusal(
+                    res, op.nbytes if flags & IORING_CQE_F_MORE and not op.fixed else 0):
+                # Zero-copy refused, nothing was sent: go again.
                 op.refused = True
                 self._requeue(op, 0)
                 self._flush()
@@ -833,7 +845,7 @@ cdef class StreamTransport(RingTransport):
         pos = 0
         for i in range(len(op.entries)):
             entry = op.entries[i]
-            length = _entry_len(entry) - (op.offset if i == 0 else 0)
+            length = _unsent_len(op, i)
             covered = min(length, op.nbytes - pos)
             if covered < length or pos + covered > done:
                 break
@@ -856,7 +868,7 @@ cdef class StreamTransport(RingTransport):
             self._queue_offset = op.offset + done
             return
         for i in range(len(op.entries)):
-            length = _entry_len(op.entries[i]) - (op.offset if i == 0 else 0)
+            length = _unsent_len(op, i)
             if pos + length > done:
                 break
             pos += length
@@ -917,20 +929,13 @@ cdef class StreamTransport(RingTransport):
         """The kernel is done with the request's memory (its final CQE)."""
         cdef Py_ssize_t i
         if op.zc:
-            self._zc_pinned -= op.nbytes
-            if not op.fixed:
-                self._loop._zc_unreserve(op.nbytes)
+            self._zc_unpin(op.nbytes, op.fixed)
         for i in range(len(op.entries)):
             entry = op.entries[i]
             if type(entry) is _Pinned:
                 if not op.zc:
                     (<_Pinned>entry).handle._copied = True
                 (<_Pinned>entry)._unref()
-
-    cdef _demote(self):
-        if self._zc_write:
-            self._zc_write = False
-            self._st_demotions += 1
 
     cdef _on_send_closed(self, _SendOp op, bint quarantined):
         """loop.close(): settle the handles of a request whose final CQE came
@@ -991,23 +996,28 @@ cdef class StreamTransport(RingTransport):
         if self._send_op is None and self._queue_bytes == 0:
             self._schedule_connection_lost(None)
 
+    cdef bint _reset_if_pinned(self):
+        """If the peer still holds zero-copy pages of ours, make the close an
+        RST (SO_LINGER 0) instead of a FIN, so unacknowledged skbs let go of
+        them, also when the request that pinned them has completed
+        (docs/design.md "close/abort").  True if it did."""
+        if not self._zc_pinned or self._sock is None:
+            return False
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+        return True
+
     cpdef _force_close(self, object exc):
         if self._conn_lost:
             return
         if self._empty_waiter is not None and not self._empty_waiter.done():
             self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
         self._drop_queue(_CANCELLED if exc is None else exc)
-        if self._zc_pinned and self._sock is not None:
-            # RST instead of FIN so unacknowledged skbs stop holding pinned
-            # zero-copy pages (zerocopy.md W13), also when the request that
-            # pinned them has already completed.
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                      b'\x01\x00\x00\x00\x00\x00\x00\x00')
-            except OSError:
-                pass
+        self._reset_if_pinned()
         if self._send_op is not None:
-            self._loop._cancel_op(self._send_op.ud)
+            self._loop._cancel(self._send_op)
         self._closing = True
         self._stop_recv()
         self._schedule_connection_lost(exc)
@@ -1026,7 +1036,7 @@ cdef class StreamTransport(RingTransport):
             self._ssl = None        # as the base drops _protocol
 
     # ------------------------------------------------------------------
-    # Zero-copy statistics (zerocopy.md W15); tuning is in RingTransport
+    # Zero-copy statistics; tuning is in RingTransport
 
     def zc_stats(self):
         return {
@@ -1061,6 +1071,12 @@ cdef _start_reading_after(RingLoop loop, StreamTransport transport, object waite
         loop._call_soon(transport._start_reading_next, None, None)
 
 
+cdef inline Py_ssize_t _unsent_len(_SendOp op, Py_ssize_t i):
+    # Bytes of op.entries[i] from where the request started: the first
+    # entry may have been partly sent before (op.offset).
+    return _entry_len(op.entries[i]) - (op.offset if i == 0 else 0)
+
+
 cdef inline void _fill_iov(_SendOp op, int niov, Py_ssize_t offset):
     cdef int i
     for i in range(niov):
@@ -1082,7 +1098,7 @@ cdef _settle_popped(_SendOp op, Py_ssize_t done, object exc):
         return
     for i in range(len(op.entries)):
         entry = op.entries[i]
-        pos += _entry_len(entry) - (op.offset if i == 0 else 0)
+        pos += _unsent_len(op, i)
         if type(entry) is _Pinned:
             (<_Pinned>entry).handle._set_sent(None if pos <= done else exc)
             (<_Pinned>entry)._unref()

@@ -1,3 +1,7 @@
+# Bytes one transport may have pinned by zero-copy sends at a time.
+cdef Py_ssize_t ZC_MAX_PINNED_PER_TRANSPORT = 4 * 1024 * 1024
+
+
 @cython.no_gc_clear
 cdef class RingTransport:
 
@@ -29,13 +33,19 @@ cdef class RingTransport:
             server._attach(self)
         loop._transports[self._fd] = self
 
-    def __repr__(self):
+    cdef list _repr_head(self):
+        """The opening of every transport's repr, as asyncio's: class,
+        closed/closing, fd."""
         info = [self.__class__.__name__]
         if self._sock is None:
             info.append('closed')
         elif self._closing:
             info.append('closing')
         info.append(f'fd={self._fd}')
+        return info
+
+    def __repr__(self):
+        info = self._repr_head()
         if self._loop is not None and not self._loop.is_closed():
             info.append(f'bufsize={self._buffer_size()}')
         return '<{}>'.format(' '.join(info))
@@ -53,7 +63,65 @@ cdef class RingTransport:
             return self.zc_stats()
         return self._extra.get(name, default)
 
-    # -- zero-copy tuning (zerocopy.md W15)
+    # -- zero-copy admission (docs/design.md "Zero-copy").  Check first
+    # (_zc_admits, _zc_fits: nothing reserved), reserve once the request is
+    # on the ring (_zc_pin: nothing can raise between the two), release at
+    # its final CQE (_zc_unpin).
+
+    cdef bint _zc_admits(self, Py_ssize_t nbytes, bint plain):
+        """May ``nbytes`` go zero-copy on this transport (switches and
+        threshold only)?  ``plain``: bytes of write()/sendto(), which stop
+        going zero-copy once the transport is demoted."""
+        return (self._zc_capable and (self._zc_write or not plain) and
+                0 < self._zc_threshold <= nbytes)
+
+    cdef bint _zc_fits(self, Py_ssize_t nbytes):
+        """Do the transport's and the loop's pinned budgets have room?"""
+        return (self._zc_pinned + nbytes <= ZC_MAX_PINNED_PER_TRANSPORT and
+                self._loop._zc_fits(nbytes))
+
+    cdef _zc_pin(self, Py_ssize_t nbytes, bint fixed):
+        """A zero-copy request of ``nbytes`` is on the ring.  ``fixed``: from
+        a registered buffer, pinned once for its pool (no memlock budget)."""
+        self._zc_pinned += nbytes
+        if not fixed:
+            self._loop._zc_reserve(nbytes)
+
+    cdef _zc_unpin(self, Py_ssize_t nbytes, bint fixed):
+        """Its final CQE: the kernel let go of the bytes."""
+        self._zc_pinned -= nbytes
+        if not fixed:
+            self._loop._zc_unreserve(nbytes)
+
+    cdef bint _zc_refusal(self, int32_t res, Py_ssize_t held) except -1:
+        """A zero-copy request failed with ``res``.  A refusal (nothing was
+        sent) returns True after making sure the retry, which the caller
+        sends, cannot be refused the same way; ``held``: the request's bytes
+        if they are still reserved (for the ENOMEM budget cut)."""
+        cdef RingLoop loop = self._loop
+        if res == -EINVAL and loop._zc_report_usage:
+            # A kernel before 6.2 rejects the REPORT_USAGE flag.
+            loop._zc_report_usage = False
+        elif res == -ENOMEM:
+            # Memlock: the budget shrinks so the retry goes by copy.
+            loop._zc_nomem(held)
+        elif res == -EOPNOTSUPP or res == -EINVAL or res == -ENOBUFS:
+            # The socket refuses (no SOCK_SUPPORT_ZC: MPTCP, AF_UNIX, ...):
+            # no zero-copy on it any more, write_zc() included.
+            self._zc_capable = False
+            self._zc_refused = _errno_name(-res)
+            self._demote()
+        else:
+            return False
+        return True
+
+    cdef _demote(self):
+        """Plain data goes by copy from now on (it was copied anyway)."""
+        if self._zc_write:
+            self._zc_write = False
+            self._st_demotions += 1
+
+    # -- zero-copy tuning
 
     def set_zc_threshold(self, Py_ssize_t nbytes):
         """Smallest payload this transport sends zero-copy (0 disables

@@ -24,7 +24,6 @@ cdef class _DgramSend(UringOp):
         socklen_t addrlen
         Py_ssize_t nbytes
         uint64_t seq                    # sendto() order, kept across EAGAIN retries
-        uint64_t ud
         bint zc                         # went out as SENDMSG_ZC
         bint zc_pinned                  # counted in the pinned budgets until the final CQE
         bint counted                    # nbytes still in the transport's buffer size
@@ -46,19 +45,15 @@ cdef class DatagramTransport(RingTransport):
         uint64_t _send_seq
         bint _flush_queued              # in loop._pending_flush
         int _send_flags
-        uint64_t _wpoll_ud              # POLLOUT wait after EAGAIN, 0 if none
-        _DgramRecv _recv
-        uint64_t _recv_ud               # user_data of the armed RECVMSG, 0 if none
+        _DgramWritable _wpoll           # POLLOUT wait after EAGAIN, None if none
+        _DgramRecv _recv                # its ud is the armed RECVMSG's (0 if none)
         list _send_errors
         bint _send_cb_pending
         # one-entry cache of the last destination converted to a sockaddr
         object _last_addr
         sockaddr_storage _last_ss
         socklen_t _last_sslen
-        bint _last_local
-        # zero-copy sends (zerocopy.md W2/W3/W10/W14/W15)
-        bint _zc_ok                     # ... and not demoted
-        str _zc_refused                 # errno name of the socket's zero-copy refusal
+        # zero-copy sends (docs/udp.md "Zero-copy")
         bint _zc_local_ok               # test hook: allow ZC to local peers
         bint _peer_local
         bytes _host_key                 # last unconnected ZC destination (sockaddr bytes)...
@@ -68,7 +63,6 @@ cdef class DatagramTransport(RingTransport):
         Py_ssize_t _st_zc_bytes
         Py_ssize_t _st_copy_bytes
         Py_ssize_t _st_zc_copied
-        Py_ssize_t _st_demotions
 
     cdef _arm_recv(self)
     cdef _on_recv(self, _DgramRecv op, int32_t res, uint32_t flags)
@@ -78,12 +72,10 @@ cdef class DatagramTransport(RingTransport):
     cdef _fill(self)
     cdef _requeue(self, _DgramSend op, uint32_t flags)
     cdef _arm_wpoll(self)
-    cdef _on_writable(self, int32_t res)
+    cdef _on_writable(self, _DgramWritable op, int32_t res)
     cdef Py_ssize_t _buffer_size(self)
     cpdef _force_close(self, object exc)
     cdef _on_send(self, _DgramSend op, int32_t res, uint32_t flags)
-    cdef _demote_zc(self)
     cdef bint _dest_is_host(self, _DgramSend op)
-    cdef _zc_release(self, Py_ssize_t nbytes)
     cdef _schedule_send_cb(self)
     cdef _cancel_all(self)

@@ -10,8 +10,6 @@
 # SENDMSG_ZC; the op then keeps its bytes until the notification CQE.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
-from asyncio.constants import LOG_THRESHOLD_FOR_CONNLOST_WRITES as _DGRAM_LOG_THRESHOLD
-
 cdef extern from "<errno.h>":
     int ENOTSOCK, EFAULT
 
@@ -22,8 +20,6 @@ cdef Py_ssize_t _DGRAM_CHAIN_MAX = 64
 # are truncated where asyncio's recvfrom(max_size) truncates them.
 cdef size_t _DGRAM_RECV_INET = 64 * 1024
 cdef size_t _DGRAM_RECV_OTHER = 256 * 1024
-# zerocopy.md W10: bytes one transport may have pinned by SENDMSG_ZC.
-cdef Py_ssize_t _DGRAM_ZC_MAX_PINNED = 4 * 1024 * 1024
 
 # Python 3.13 sends empty datagrams (3.11/3.12 drop them in sendto()) and
 # counts 8 bytes of header per buffered datagram in the write buffer size.
@@ -33,7 +29,7 @@ cdef Py_ssize_t _DGRAM_HEADER = 8 if sys.version_info >= (3, 13) else 0
 
 cdef bint _sockaddr_is_local(const sockaddr_storage *ss):
     # Loopback or unspecified peer: the kernel copies zero-copy pages on
-    # local delivery, so SENDMSG_ZC would only cost (zerocopy.md §1.8).
+    # local delivery, so SENDMSG_ZC would only cost (docs/design.md "Zero-copy").
     cdef const sockaddr_in *sin
     cdef const sockaddr_in6 *sin6
     cdef const unsigned char *a
@@ -127,7 +123,7 @@ cdef class _DgramSend(UringOp):
             if self.zc_pinned:
                 self.zc_pinned = False
                 if transport is not None:
-                    transport._zc_release(self.nbytes)
+                    transport._zc_unpin(self.nbytes, False)
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
@@ -144,7 +140,7 @@ cdef class _DgramWritable(UringOp):
         cdef DatagramTransport transport = self.transport
         self.transport = None
         if transport is not None:
-            transport._on_writable(res)
+            transport._on_writable(self, res)
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
@@ -174,11 +170,11 @@ cdef DatagramTransport _new_datagram_transport(RingLoop loop, object sock, objec
         # a fresh SQE once POLLOUT fires.
         t._send_flags |= MSG_DONTWAIT
     # Zero-copy only for UDP over IP (AF_UNIX refuses it), towards other
-    # hosts (local delivery copies anyway: zerocopy.md W2).
+    # hosts (local delivery copies anyway: docs/design.md "Zero-copy").
     t._zc_capable = ((t._family == AF_INET or t._family == AF_INET6) and
                      loop._op_ok(IORING_OP_SENDMSG_ZC) and
                      loop._feature('send_zc') and loop._feature('sendmsg_zc'))
-    t._zc_ok = t._zc_capable
+    t._zc_write = t._zc_capable
     t._peer_local = True
     if t._connected and t._zc_capable:
         t._peer_local = _is_local_peer(t._extra.get('peername'), t._extra.get('sockname'), True)
@@ -214,7 +210,7 @@ cdef class DatagramTransport(RingTransport):
     cdef _arm_recv(self):
         cdef _DgramRecv op = self._recv
         cdef io_uring_sqe *sqe
-        if self._recv_ud or self._closing or op is None:
+        if op is None or op.ud or self._closing:
             return
         op.iov.iov_base = op.buf
         op.iov.iov_len = op.bufsize
@@ -227,12 +223,10 @@ cdef class DatagramTransport(RingTransport):
         op.msg.msg_flags = 0
         sqe = self._loop._sqe()
         io_uring_prep_recvmsg(sqe, self._fd, &op.msg, 0)
-        self._recv_ud = self._loop._track(op)
-        io_uring_sqe_set_data64(sqe, self._recv_ud)
+        self._loop._submit(op, sqe)
         op.transport = self
 
     cdef _on_recv(self, _DgramRecv op, int32_t res, uint32_t flags):
-        self._recv_ud = 0
         if self._closing or res == -ECANCELED:
             return
         if res >= 0:
@@ -290,7 +284,7 @@ cdef class DatagramTransport(RingTransport):
             # asyncio counts (and after a threshold, logs) writes to a lost
             # connected endpoint; an unconnected one is treated the same way
             # here instead of failing on its closed socket.
-            if self._conn_lost >= _DGRAM_LOG_THRESHOLD:
+            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
             return
@@ -344,7 +338,7 @@ cdef class DatagramTransport(RingTransport):
     # back with -ECANCELED and are queued again in order.
 
     cdef _schedule_flush(self):
-        if self._flush_queued or self._inflight or self._wpoll_ud or not self._queue:
+        if self._flush_queued or self._inflight or self._wpoll is not None or not self._queue:
             return
         self._flush_queued = True
         self._loop._pending_flush.append(self)
@@ -355,7 +349,7 @@ cdef class DatagramTransport(RingTransport):
 
     cdef _fill(self):
         cdef Py_ssize_t n = 0
-        if self._inflight or self._wpoll_ud or self._conn_lost:
+        if self._inflight or self._wpoll is not None or self._conn_lost:
             return
         while self._queue and n < _DGRAM_CHAIN_MAX:
             n += 1
@@ -380,17 +374,14 @@ cdef class DatagramTransport(RingTransport):
         op.msg.msg_control = NULL
         op.msg.msg_controllen = 0
         op.msg.msg_flags = 0
-        # zerocopy.md W3/W10/W14: ZC from the threshold up, within the
-        # transport's and the loop's pinned-memory budgets, else copy.
-        op.zc = (self._zc_ok and self._zc_threshold > 0 and op.nbytes >= self._zc_threshold and
+        # Zero-copy from the threshold up, to other hosts, within the
+        # pinned budgets, else copy (RingTransport._zc_admits, docs/udp.md).
+        op.zc = (self._zc_admits(op.nbytes, True) and
                  (self._zc_local_ok or not (local or self._dest_is_host(op))) and
-                 self._zc_pinned + op.nbytes <= _DGRAM_ZC_MAX_PINNED and
-                 loop._zc_reserve(op.nbytes))
+                 self._zc_fits(op.nbytes))
         op.done = False
         sqe = loop._sqe()
         if op.zc:
-            op.zc_pinned = True
-            self._zc_pinned += op.nbytes
             io_uring_prep_sendmsg_zc(sqe, self._fd, &op.msg, self._send_flags)
             if loop._zc_report_usage:
                 sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE
@@ -402,8 +393,10 @@ cdef class DatagramTransport(RingTransport):
             # Set at prep time: if _sqe() has to submit a full SQ, the chain
             # is merely split, never a flag written into a recycled SQE.
             sqe.flags |= IOSQE_IO_LINK
-        op.ud = loop._track(op)
-        io_uring_sqe_set_data64(sqe, op.ud)
+        loop._submit(op, sqe)
+        if op.zc:
+            op.zc_pinned = True
+            self._zc_pin(op.nbytes, False)
         op.transport = self
         self._inflight.add(op)
 
@@ -415,7 +408,7 @@ cdef class DatagramTransport(RingTransport):
             # device without ZC: stop paying for zero-copy on this socket.
             if op.zc and <uint32_t>res & IORING_NOTIF_USAGE_ZC_COPIED:
                 self._st_zc_copied += 1
-                self._demote_zc()
+                self._demote()
             return
         if op.done:
             return
@@ -431,17 +424,8 @@ cdef class DatagramTransport(RingTransport):
                 self._requeue(op, flags)
                 if res == -EAGAIN:
                     self._arm_wpoll()
-            elif op.zc and (res == -EOPNOTSUPP or res == -ENOMEM or
-                            res == -EINVAL or res == -ENOBUFS):
-                # Zero-copy refused, nothing was sent: go again, in a way
-                # that cannot be refused the same way (docs/design.md).
-                if res == -EINVAL and loop._zc_report_usage:
-                    loop._zc_report_usage = False
-                elif res == -ENOMEM:
-                    loop._zc_nomem(op.nbytes if op.zc_pinned else 0)
-                else:
-                    self._zc_refused = _errno_name(-res)
-                    self._demote_zc()
+            elif op.zc and self._zc_refusal(res, op.nbytes if op.zc_pinned else 0):
+                # Zero-copy refused, nothing was sent: go again.
                 op.zc = False       # nothing sent: its notification says nothing
                 self._requeue(op, flags)
             else:
@@ -500,17 +484,18 @@ cdef class DatagramTransport(RingTransport):
     cdef _arm_wpoll(self):
         cdef _DgramWritable op
         cdef io_uring_sqe *sqe
-        if self._wpoll_ud or self._conn_lost:
+        if self._wpoll is not None or self._conn_lost:
             return
         op = _DgramWritable.__new__(_DgramWritable)
         sqe = self._loop._sqe()
         io_uring_prep_poll_add(sqe, self._fd, POLLOUT)
-        self._wpoll_ud = self._loop._track(op)
-        io_uring_sqe_set_data64(sqe, self._wpoll_ud)
+        self._loop._submit(op, sqe)
         op.transport = self
+        self._wpoll = op
 
-    cdef _on_writable(self, int32_t res):
-        self._wpoll_ud = 0
+    cdef _on_writable(self, _DgramWritable op, int32_t res):
+        if self._wpoll is op:
+            self._wpoll = None
         if self._conn_lost:
             return
         # On a poll error, the sends themselves report what is wrong.
@@ -539,15 +524,6 @@ cdef class DatagramTransport(RingTransport):
                     self._conn_lost += 1
                     self._call_connection_lost(None)
 
-    cdef _demote_zc(self):
-        if self._zc_ok:
-            self._zc_ok = False
-            self._st_demotions += 1
-
-    cdef _zc_release(self, Py_ssize_t nbytes):
-        self._zc_pinned -= nbytes
-        self._loop._zc_unreserve(nbytes)
-
     cdef Py_ssize_t _buffer_size(self):
         return self._buf_bytes
 
@@ -557,8 +533,7 @@ cdef class DatagramTransport(RingTransport):
         if self._closing:
             return
         self._closing = True
-        if self._recv_ud:
-            self._loop._cancel_op(self._recv_ud)
+        self._loop._cancel(self._recv)
         if not self._inflight and not self._queue:
             self._conn_lost += 1
             self._loop._call_soon(self._call_connection_lost, (None,), None)
@@ -571,13 +546,13 @@ cdef class DatagramTransport(RingTransport):
         for op in self._queue:
             op.counted = False
         self._queue.clear()
-        if self._wpoll_ud:
-            self._loop._cancel_op(self._wpoll_ud)
-            self._wpoll_ud = 0
+        if self._wpoll is not None:
+            self._loop._cancel(self._wpoll)
+            self._wpoll = None
         for op in self._inflight:
             if op.counted:
                 op.counted = False
-                self._loop._cancel_op(op.ud)
+                self._loop._cancel(op)
         self._buf_bytes = 0
         self._send_errors = []
 
@@ -587,17 +562,16 @@ cdef class DatagramTransport(RingTransport):
         self._cancel_all()
         if not self._closing:
             self._closing = True
-            if self._recv_ud:
-                self._loop._cancel_op(self._recv_ud)
+            self._loop._cancel(self._recv)
         self._conn_lost += 1
         self._loop._call_soon(self._call_connection_lost, (exc,), None)
 
-    # -- zero-copy statistics (W15); tuning is in RingTransport
+    # -- zero-copy statistics; tuning is in RingTransport
 
     def zc_stats(self):
         return {
             'zc_capable': self._zc_capable,
-            'zc_write': self._zc_ok,
+            'zc_write': self._zc_write,
             'zc_threshold': self._zc_threshold,
             'zc_sends': self._st_zc_sends,
             'copy_sends': self._st_copy_sends,

@@ -14,21 +14,6 @@
 #ifndef IORING_NOTIF_USAGE_ZC_COPIED
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
-#ifndef IORING_RECVSEND_BUNDLE
-#define IORING_RECVSEND_BUNDLE (1U << 4)
-#endif
-#ifndef IORING_CQE_F_BUF_MORE
-#define IORING_CQE_F_BUF_MORE (1U << 4)
-#endif
-#ifndef IOU_PBUF_RING_INC
-#define IOU_PBUF_RING_INC 2
-#endif
-#ifndef IORING_FEAT_MIN_TIMEOUT
-#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
-#endif
-#ifndef IORING_ASYNC_CANCEL_USERDATA
-#define IORING_ASYNC_CANCEL_USERDATA (1U << 4)
-#endif
 #ifndef IORING_OP_READ_MULTISHOT
 #define IORING_OP_READ_MULTISHOT 49
 #endif
@@ -42,15 +27,20 @@ typedef struct {
     __u64 user_data;
     __s32 res;
     __u32 flags;
-} zc_cqe;
+} uring_cqe;
+
+/* Most CQEs copied out per uring_reap() call. */
+#define REAP_BATCH 256
+/* Opcodes (u8) the loop's probe table covers. */
+#define OP_TABLE_SIZE 256
 
 /* Copy up to `max` CQEs out of the ring and mark them seen. */
-static inline unsigned zc_reap(struct io_uring *ring, zc_cqe *out, unsigned max)
+static inline unsigned uring_reap(struct io_uring *ring, uring_cqe *out, unsigned max)
 {
-    struct io_uring_cqe *cqes[256];
+    struct io_uring_cqe *cqes[REAP_BATCH];
     unsigned n, i;
-    if (max > 256)
-        max = 256;
+    if (max > REAP_BATCH)
+        max = REAP_BATCH;
     n = io_uring_peek_batch_cqe(ring, cqes, max);
     for (i = 0; i < n; i++) {
         out[i].user_data = cqes[i]->user_data;
@@ -67,17 +57,17 @@ static inline unsigned zc_reap(struct io_uring *ring, zc_cqe *out, unsigned max)
  * liburing/io_uring_version.h (included by liburing.h, defines the
  * IO_URING_VERSION_* macros). */
 #ifdef IO_URING_VERSION_MAJOR
-#define ZC_BUF_REG_FLAGS(reg) ((reg).flags)
+#define BUF_REG_FLAGS(reg) ((reg).flags)
 #else
-#define ZC_BUF_REG_FLAGS(reg) ((reg).pad)
+#define BUF_REG_FLAGS(reg) ((reg).pad)
 #endif
 
 /* Register an empty provided-buffer ring with room for `entries` buffers
- * (group `bgid`); buffers are added with zc_buf_ring_push + _commit.  Returns
+ * (group `bgid`); buffers are added with buf_ring_push + _commit.  Returns
  * the ring memory or NULL with -errno in *err.  liburing 2.3 ignores the flags
  * argument of io_uring_register_buf_ring, so flags go into the struct. */
 static inline struct io_uring_buf_ring *
-zc_buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
+buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
                      unsigned short flags, size_t *map_len, int *err)
 {
     struct io_uring_buf_reg reg;
@@ -94,7 +84,7 @@ zc_buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
     reg.ring_addr = (unsigned long)br;
     reg.ring_entries = entries;
     reg.bgid = bgid;
-    ZC_BUF_REG_FLAGS(reg) = flags;
+    BUF_REG_FLAGS(reg) = flags;
     ret = io_uring_register_buf_ring(ring, &reg, 0);
     if (ret) {
         munmap(br, len);
@@ -108,19 +98,19 @@ zc_buf_ring_register(struct io_uring *ring, unsigned entries, int bgid,
 }
 
 /* Stage buffer `bid` at `addr`; the `offset`-th of a batch made visible to
- * the kernel by zc_buf_ring_commit(br, batch size). */
-static inline void zc_buf_ring_push(struct io_uring_buf_ring *br, void *addr, unsigned len,
+ * the kernel by buf_ring_commit(br, batch size). */
+static inline void buf_ring_push(struct io_uring_buf_ring *br, void *addr, unsigned len,
                                     unsigned bid, unsigned entries, int offset)
 {
     io_uring_buf_ring_add(br, addr, len, bid, io_uring_buf_ring_mask(entries), offset);
 }
 
-static inline void zc_buf_ring_commit(struct io_uring_buf_ring *br, unsigned count)
+static inline void buf_ring_commit(struct io_uring_buf_ring *br, unsigned count)
 {
     io_uring_buf_ring_advance(br, count);
 }
 
-static inline int zc_opcode_supported(struct io_uring_probe *p, int op)
+static inline int uring_opcode_supported(struct io_uring_probe *p, int op)
 {
     return p != NULL && io_uring_opcode_supported(p, op);
 }

@@ -8,6 +8,9 @@ from posix.types cimport off_t
 # liburing/compat.h includes <linux/time_types.h> where the kernel headers have
 # it and defines the struct itself where they do not (manylinux2014).
 cdef extern from "compat.h":
+    enum: REAP_BATCH        # most CQEs copied out per uring_reap()
+    enum: OP_TABLE_SIZE     # opcodes the probe table covers
+
     struct __kernel_timespec:
         long long tv_sec
         long long tv_nsec
@@ -94,7 +97,7 @@ cdef extern from "compat.h" nogil:
     struct io_uring_buf_ring:
         pass
 
-    ctypedef struct zc_cqe:
+    ctypedef struct uring_cqe:
         uint64_t user_data
         int32_t res
         uint32_t flags
@@ -109,7 +112,7 @@ cdef extern from "compat.h" nogil:
                                              unsigned nr)
     io_uring_probe *io_uring_get_probe_ring(io_uring *ring)
     void io_uring_free_probe(io_uring_probe *probe)
-    int zc_opcode_supported(io_uring_probe *p, int op)
+    int uring_opcode_supported(io_uring_probe *p, int op)
 
     # submission / completion
     io_uring_sqe *io_uring_get_sqe(io_uring *ring)
@@ -120,7 +123,7 @@ cdef extern from "compat.h" nogil:
                                          void *sigmask)
     unsigned io_uring_sq_ready(const io_uring *ring)
     unsigned io_uring_cq_ready(const io_uring *ring)
-    unsigned zc_reap(io_uring *ring, zc_cqe *out, unsigned max)
+    unsigned uring_reap(io_uring *ring, uring_cqe *out, unsigned max)
     void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
     void io_uring_sqe_set_flags(io_uring_sqe *sqe, unsigned flags)
 
@@ -154,11 +157,11 @@ cdef extern from "compat.h" nogil:
                               int64_t off_out, unsigned nbytes, unsigned splice_flags)
 
     # provided buffer rings (helpers in compat.h)
-    io_uring_buf_ring *zc_buf_ring_register(io_uring *ring, unsigned entries, int bgid,
+    io_uring_buf_ring *buf_ring_register(io_uring *ring, unsigned entries, int bgid,
                                             unsigned short flags, size_t *map_len, int *err)
-    void zc_buf_ring_push(io_uring_buf_ring *br, void *addr, unsigned len, unsigned bid,
+    void buf_ring_push(io_uring_buf_ring *br, void *addr, unsigned len, unsigned bid,
                           unsigned entries, int offset)
-    void zc_buf_ring_commit(io_uring_buf_ring *br, unsigned count)
+    void buf_ring_commit(io_uring_buf_ring *br, unsigned count)
     int io_uring_unregister_buf_ring(io_uring *ring, int bgid)
 
     # setup flags
@@ -183,7 +186,6 @@ cdef extern from "compat.h" nogil:
     unsigned IORING_CQE_F_SOCK_NONEMPTY
     unsigned IORING_CQE_F_NOTIF
     unsigned IORING_CQE_BUFFER_SHIFT
-    unsigned IORING_CQE_F_BUF_MORE
 
     # op-specific flags
     unsigned IORING_RECVSEND_POLL_FIRST
