@@ -740,8 +740,10 @@ def test_protocol_callback_order_usual(loop_factory, child):
     EOF); so does zcloop (its exit callback takes one hop after the pidfd
     completion).  Asserted on most runs, not all: it is a race in both.
     asyncio's pidfd watcher (3.12+) reads the exit in the same iteration as
-    the pipes' EOF, so either order is common there: only the complete
-    sequence is checked for it."""
+    the pipes' EOF, so either order is common there.  On asyncio only the
+    complete sequence is checked: how often its watcher thread loses the
+    race depends on the machine's load (6 of 10 seen on a loaded CI-sized
+    VM), and a test must not assert the reference loop's timing."""
     code = {
         'sigkill': 'import os; print("a", flush=True); os.kill(os.getpid(), 9)',
         'large': 'import os; os.write(1, b"z" * 300000); os.write(2, b"e" * 70000)',
@@ -763,7 +765,7 @@ def test_protocol_callback_order_usual(loop_factory, child):
         assert names.count('pipe_connection_lost') == 3, names
         if names[-2:] == ['process_exited', 'connection_lost']:
             usual += 1
-    if not (loop_factory is LOOPS['asyncio'] and ASYNCIO_PIDFD_WATCHER):
+    if loop_factory is LOOPS['zcloop']:
         assert usual >= 7, usual
 
 
