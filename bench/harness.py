@@ -34,13 +34,14 @@ BENCH = ROOT / "bench"
 BIN = BENCH / "bin"
 INJECT_DIR = ROOT / "zcloop" / "_inject"
 
-#: The C io_uring server (bench/c/uring_echo_server): a contender on the echo
-#: and one-way rows, not an asyncio loop.
+#: The C io_uring server (bench/c/uring_echo_server): a contender on the echo,
+#: one-way and send rows, not an asyncio loop.
 REFERENCE = "c-io_uring"
 #: Its mode (-m) for each server kind of bench/servers.py it has a counterpart
 #: of (plain TCP only: it has no TLS).
 REFERENCE_MODES = {"echo-protocol": "echo", "echo-streams": "echo",
-                   "sink-protocol": "sink", "sink-streams": "sink"}
+                   "sink-protocol": "sink", "sink-streams": "sink",
+                   "source-protocol": "source", "source-streams": "source"}
 #: How the READY line of a server names each contender's running loop.
 LOOP_PREFIX = {"asyncio": "asyncio.", "uvloop": "uvloop.", "zcloop": "zcloop.",
                REFERENCE: REFERENCE}
@@ -186,7 +187,7 @@ class Server:
         self.reader.buffer = b""
 
     def read_stats(self, timeout=5):
-        """The next ``STATS {json}`` line (the source server prints one per
+        """The next ``STATS {json}`` line (the source-protocol server prints one per
         closed connection); None if none comes within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         try:

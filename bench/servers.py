@@ -7,7 +7,8 @@ starting them with ZCLOOP_LOOP and zcloop/_inject on PYTHONPATH, the same way
 ``python -m zcloop compare`` does.  Once listening, a server prints
 ``READY port=N loop=<module.Class of the running loop>`` (the harness checks
 the loop is the one it asked for).  The only other lines on stdout are the
-``STATS {json}`` lines of the source kind, one per closed connection.
+``STATS {json}`` lines of the source-protocol and source-pool kinds, one per
+closed connection.
 
 With --certfile every kind serves TLS (an ssl.SSLContext passed to the
 server, as an application would); bench/harness.py makes the certificates.
@@ -18,7 +19,7 @@ Kinds:
   sink-protocol   one-way: the client sends an 8-byte little-endian message
   sink-streams      size, then messages; the server counts bytes and sends a
                     1-byte ack per message (Protocol / Streams API)
-  source          one-way the other way: the client sends the 8-byte size and
+  source-protocol one-way the other way: the client sends the 8-byte size and
                     one byte, b"w" or b"z"; the server then streams messages of
                     that size (one bytes object, written again and again) with
                     transport.write() (w) or zcloop's transport.write_zc() (z),
@@ -26,7 +27,10 @@ Kinds:
                     connection is lost it prints STATS with the bytes written
                     and, on zcloop, get_extra_info("zcloop") and what the
                     write_zc() handles' `released` futures said
-  source-pool     source, but b"z" sends blocks of a registered BufferPool
+  source-streams  source-protocol's b"w" with asyncio.start_server: the
+                    server loops writer.write(message); await writer.drain()
+                    until the client closes (no STATS)
+  source-pool     source-protocol, but b"z" sends blocks of a registered BufferPool
                     (loop.create_zc_pool(SIZE, blocks), filled once): each
                     message acquires a free block and write_zc()s it; it
                     returns to the pool when its `released` resolves (zcloop)
@@ -197,6 +201,25 @@ class SourceProtocol(asyncio.Protocol):
         print("STATS " + json.dumps(stats), flush=True)
 
 
+async def source_stream(reader, writer):
+    try:
+        header = await reader.readexactly(HEADER + 1)
+        size = int.from_bytes(header[:HEADER], "little")
+        if header[HEADER:] != b"w" or not size:
+            return
+        payload = (SourceProtocol.payloads.get(size) or
+                   SourceProtocol.payloads.setdefault(size, b"x" * size))
+        # A transport that failed inside write() (peer gone) drops later
+        # writes; drain() then raises, or is_closing() ends the loop.
+        while not writer.is_closing():
+            writer.write(payload)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
 class PooledSourceProtocol(SourceProtocol):
     """SourceProtocol whose write_zc() messages are blocks of a registered
     BufferPool, one per message size for the process (64 MiB of blocks, at
@@ -251,8 +274,9 @@ async def start_server(kind, host, port, ssl_context=None):
     """Start the server; return the port it listens on."""
     loop = asyncio.get_running_loop()
     protocols = {"echo-protocol": EchoProtocol, "sink-protocol": SinkProtocol,
-                 "source": SourceProtocol, "source-pool": PooledSourceProtocol}
-    streams = {"echo-streams": echo_stream, "sink-streams": sink_stream}
+                 "source-protocol": SourceProtocol, "source-pool": PooledSourceProtocol}
+    streams = {"echo-streams": echo_stream, "sink-streams": sink_stream,
+               "source-streams": source_stream}
     if kind in protocols:
         server = await loop.create_server(protocols[kind], host, port, ssl=ssl_context)
     elif kind in streams:
@@ -287,8 +311,8 @@ async def main(args):
     await stop.wait()
 
 
-KINDS = ("echo-protocol", "echo-streams", "sink-protocol", "sink-streams", "source", "source-pool",
-         "http-aiohttp", "ws-echo")
+KINDS = ("echo-protocol", "echo-streams", "sink-protocol", "sink-streams", "source-protocol",
+         "source-streams", "source-pool", "http-aiohttp", "ws-echo")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
