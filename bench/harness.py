@@ -140,23 +140,26 @@ def task_times(pid):
 class Server:
     """A server process of one kind on one contender (loop or C reference),
     listening on `host`, serving TLS with `tls` (a TLSMaterial) if given;
-    a loop's server imports zcloop from the checkout `root`."""
+    a loop's server imports zcloop from the checkout `root`; `cc` sets the
+    TCP congestion control of its listening socket (connections inherit it)."""
 
     def __init__(self, kind, contender, *, host="127.0.0.1", tls=None, start_timeout=30,
-                 root=ROOT):
+                 root=ROOT, cc=None):
         self.kind, self.contender = kind, contender
         if contender == REFERENCE:
             if kind not in REFERENCE_MODES or tls:
                 raise BenchError(f"the C reference server has no counterpart of "
                                  f"{kind}{' over TLS' if tls else ''}")
             command = [str(BIN / "uring_echo_server"), "-m", REFERENCE_MODES[kind], "-h", host,
-                       "-p", "0"]
+                       "-p", "0", *(["-c", cc] if cc else [])]
             env = None
         else:
             command = [sys.executable, str(BENCH / "servers.py"), kind, "--host", host,
                        "--port", "0"]
             if tls:
                 command += ["--certfile", str(tls.server_pem)]
+            if cc:
+                command += ["--cc", cc]
             env = loop_env(contender, root)
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@
 
     python bench/modes.py [--contender c-io_uring] [--kind source-streams]
                           [--size 16777216] [--rounds 10] [--duration 0.8]
-                          [--warmup 0.2] [--json FILE]
+                          [--warmup 0.2] [--server-cc cubic] [--json FILE]
 
 Runs one send row (bench/run.py's "send" group: the server streams SIZE-byte
 messages to a receive-only echo_client -m source, server pinned to CPU 0,
@@ -237,6 +237,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--duration", type=float, default=0.8, help="window, seconds")
     parser.add_argument("--warmup", type=float, default=0.2, help="seconds before the window")
+    parser.add_argument("--server-cc", metavar="NAME",
+                        help="congestion control of the server's sockets (TCP_CONGESTION, "
+                             "e.g. cubic or bbr; default: the system's)")
     parser.add_argument("--json", metavar="FILE", help="also write every round here")
     args = parser.parse_args()
 
@@ -247,11 +250,12 @@ def main():
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     thp_text = thp.read_text().strip() if thp.exists() else "absent"
     sysctls = read_sysctls()
-    print(f"{args.kind} {args.size:,} B on {args.contender}: {args.rounds} rounds of "
+    print(f"{args.kind} {args.size:,} B on {args.contender} (server congestion control: "
+          f"{args.server_cc or 'system default'}): {args.rounds} rounds of "
           f"{args.warmup}+{args.duration} s; server CPU {harness.SERVER_CPU}, client CPU "
           f"{harness.CLIENT_CPU}; THP enabled: {thp_text}", flush=True)
     print("; ".join(f"{k} = {v}" for k, v in sysctls.items()), flush=True)
-    server = Server(args.kind, args.contender)
+    server = Server(args.kind, args.contender, cc=args.server_cc)
     rounds = []
     try:
         print(HEADER)

@@ -1,6 +1,7 @@
 """The Python servers the benchmarks load, one process per (server kind, loop).
 
     python bench/servers.py KIND [--host H] [--port 0] [--certfile PEM [--keyfile PEM]]
+                            [--cc NAME]
 
 These are plain asyncio programs: bench/harness.py picks the event loop by
 starting them with ZCLOOP_LOOP and zcloop/_inject on PYTHONPATH, the same way
@@ -9,6 +10,9 @@ starting them with ZCLOOP_LOOP and zcloop/_inject on PYTHONPATH, the same way
 the loop is the one it asked for).  The only other lines on stdout are the
 ``STATS {json}`` lines of the source-protocol and source-pool kinds, one per
 closed connection.
+
+With --cc the listening socket gets that TCP congestion control
+(TCP_CONGESTION; accepted connections inherit it): bench/modes.py varies it.
 
 With --certfile every kind serves TLS (an ssl.SSLContext passed to the
 server, as an application would); bench/harness.py makes the certificates.
@@ -41,6 +45,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import ssl
 import sys
 
@@ -270,9 +275,11 @@ async def start_ws_echo(host, port, ssl_context):
     return next(iter(server.sockets)).getsockname()[1]
 
 
-async def start_server(kind, host, port, ssl_context=None):
+async def start_server(kind, host, port, ssl_context=None, cc=None):
     """Start the server; return the port it listens on."""
     loop = asyncio.get_running_loop()
+    if cc and kind in ("http-aiohttp", "ws-echo"):
+        raise ValueError(f"--cc is not supported for {kind}")
     protocols = {"echo-protocol": EchoProtocol, "sink-protocol": SinkProtocol,
                  "source-protocol": SourceProtocol, "source-pool": PooledSourceProtocol}
     streams = {"echo-streams": echo_stream, "sink-streams": sink_stream,
@@ -287,6 +294,9 @@ async def start_server(kind, host, port, ssl_context=None):
         return await start_ws_echo(host, port, ssl_context)
     else:
         raise ValueError(kind)
+    if cc:
+        for sock in server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     return server.sockets[0].getsockname()[1]
 
 
@@ -302,7 +312,7 @@ def server_ssl_context(certfile, keyfile):
 async def main(args):
     loop = asyncio.get_running_loop()
     port = await start_server(args.kind, args.host, args.port,
-                              server_ssl_context(args.certfile, args.keyfile))
+                              server_ssl_context(args.certfile, args.keyfile), args.cc)
     loop_class = type(loop)
     print(f"READY port={port} loop={loop_class.__module__}.{loop_class.__qualname__}", flush=True)
     stop = asyncio.Event()
@@ -321,4 +331,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
     parser.add_argument("--keyfile", help="its private key, if not in --certfile")
+    parser.add_argument("--cc", metavar="NAME",
+                        help="TCP congestion control of the listening socket (e.g. cubic)")
     asyncio.run(main(parser.parse_args()))

@@ -36,13 +36,17 @@
  * Prints "READY port=N loop=c-io_uring" once listening.  Stops on SIGINT/SIGTERM
  * (default signal action: the kernel tears the ring down).
  *
- * usage: uring_echo_server [-h host] [-p port] [-m echo|sink|source]
+ * -c CC sets the congestion control of the listening socket (TCP_CONGESTION;
+ * accepted connections inherit it): bench/modes.py varies it on the send rows.
+ *
+ * usage: uring_echo_server [-h host] [-p port] [-m echo|sink|source] [-c CC]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <liburing.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -399,13 +403,15 @@ static void setup_buffer_ring(void)
     io_uring_buf_ring_advance(buf_ring, n_buffers);
 }
 
-static int listen_on(const char *host, int port)
+static int listen_on(const char *host, int port, const char *cc)
 {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
         die("bad IPv4 address", EINVAL);
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (cc && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, strlen(cc)))
+        die("TCP_CONGESTION", errno);
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) || listen(fd, 1024))
         die("bind/listen", errno);
     socklen_t len = sizeof addr;
@@ -418,12 +424,15 @@ static int listen_on(const char *host, int port)
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1";
+    const char *cc = NULL;
     int port = 0, opt;
-    while ((opt = getopt(argc, argv, "h:p:m:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:m:c:")) != -1) {
         if (opt == 'h')
             host = optarg;
         else if (opt == 'p')
             port = atoi(optarg);
+        else if (opt == 'c')
+            cc = optarg;
         else if (opt == 'm' && !strcmp(optarg, "echo"))
             mode = MODE_ECHO;
         else if (opt == 'm' && !strcmp(optarg, "sink"))
@@ -431,7 +440,7 @@ int main(int argc, char **argv)
         else if (opt == 'm' && !strcmp(optarg, "source"))
             mode = MODE_SOURCE;
         else {
-            fprintf(stderr, "usage: %s [-h host] [-p port] [-m echo|sink|source]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-h host] [-p port] [-m echo|sink|source] [-c CC]\n", argv[0]);
             return 2;
         }
     }
@@ -452,7 +461,7 @@ int main(int argc, char **argv)
         die("io_uring_queue_init", -ret);
     setup_buffer_ring();
 
-    int listen_fd = listen_on(host, port);
+    int listen_fd = listen_on(host, port, cc);
     arm_accept(listen_fd);
 
     for (;;) {
