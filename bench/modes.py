@@ -10,6 +10,10 @@ client to CPU 1) for one contender, ROUNDS short rounds on one server, and
 prints per round what each candidate cause looked like:
 
   MB/s, server CPU µs/MiB   as bench/run.py measures them (the window only)
+  srv wait/cli busy         share of the window the server spent runnable but
+                            waiting for its CPU (other processes held it) /
+                            the client spent on its CPU (bench/harness.py)
+  idle0/idle1               idle time per CPU, ms (/proc/stat)
   rx0/rx1                   NET_RX softirqs per CPU (/proc/softirqs): which
                             CPU ran the loopback receive path
   pkt0/pkt1                 packets processed per CPU (/proc/net/softnet_stat,
@@ -97,6 +101,13 @@ def read_cpu_times():
     return times
 
 
+def read_cpu_idle():
+    """Idle clock ticks (idle + iowait) per CPU from /proc/stat."""
+    return [int(line.split()[4]) + int(line.split()[5])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if re.match(r"cpu\d+ ", line)]
+
+
 def read_mhz():
     return [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("cpu MHz")]
@@ -104,7 +115,7 @@ def read_mhz():
 
 def snapshot():
     return {"softirqs": read_softirqs(), "softnet": read_softnet(), "cpu": read_cpu_times(),
-            "tcp": read_tcp_counters()}
+            "idle": read_cpu_idle(), "tcp": read_tcp_counters()}
 
 
 #: What ss -ti says that the issue's candidates touch: congestion control and
@@ -168,6 +179,8 @@ def measure_round(server, args, settings):
         "cpu_us_per_mib": (sample["server_cpu"] / (sample["bytes"] / MiB) * 1e6
                            if sample["server_cpu"] is not None else None),
         "contention": sample["contention"],
+        "client_busy": sample["client_busy"],
+        "idle_ms": [(b - a) * ticks_ms for a, b in zip(before["idle"], after["idle"])],
         "net_rx": [b - a for a, b in zip(before["softirqs"], after["softirqs"])],
         "processed": [b[0] - a[0] for a, b in zip(before["softnet"], after["softnet"])],
         "dropped": sum(b[1] - a[1] for a, b in zip(before["softnet"], after["softnet"])),
@@ -195,13 +208,15 @@ def pair(values, digits=0):
     return "/".join(f"{v:,.{digits}f}" for v in values[:2]) if values else "-"
 
 
-HEADER = ("| round | MB/s | µs/MiB | rx0/rx1 | pkt0/pkt1 | dropped/squeezed | si0/si1 ms "
+HEADER = ("| round | MB/s | µs/MiB | srv wait/cli busy | idle0/idle1 ms | rx0/rx1 | pkt0/pkt1 | dropped/squeezed | si0/si1 ms "
           "| st0/st1 ms | MHz0/MHz1 | TCP counters | srv ss | cli ss |")
 
 
 def row(label, r):
     cpu = "-" if r["cpu_us_per_mib"] is None else f"{r['cpu_us_per_mib']:,.0f}"
-    return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {pair(r['net_rx'])} | "
+    waits = "/".join("-" if v is None else f"{v:.0%}" for v in (r["contention"], r["client_busy"]))
+    return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {waits} | {pair(r['idle_ms'])} | "
+            f"{pair(r['net_rx'])} | "
             f"{pair(r['processed'])} | {r['dropped']:,.0f}/{r['squeezed']:,.0f} | "
             f"{pair(r['softirq_ms'])} | {pair(r['steal_ms'])} | {pair(r['mhz'])} | "
             f"{tcp_text(r['tcp'])} | {ss_text(r['ss'].get('server'), SERVER_SS)} | "
@@ -217,6 +232,11 @@ def side_means(rounds):
             "cpu_us_per_mib": mean(cpu) if cpu else None,
             "net_rx": [mean([r["net_rx"][i] for r in rounds]) for i in range(2)],
             "processed": [mean([r["processed"][i] for r in rounds]) for i in range(2)],
+            "contention": (mean([r["contention"] for r in rounds])
+                           if None not in [r["contention"] for r in rounds] else None),
+            "client_busy": (mean([r["client_busy"] for r in rounds])
+                            if None not in [r["client_busy"] for r in rounds] else None),
+            "idle_ms": [mean([r["idle_ms"][i] for r in rounds]) for i in range(2)],
             "dropped": mean([r["dropped"] for r in rounds]),
             "squeezed": mean([r["squeezed"] for r in rounds]),
             "tcp": {k: mean([r["tcp"][k] for r in rounds]) for k in TCP_COUNTERS},
