@@ -34,13 +34,14 @@ BENCH = ROOT / "bench"
 BIN = BENCH / "bin"
 INJECT_DIR = ROOT / "zcloop" / "_inject"
 
-#: The C io_uring server (bench/c/uring_echo_server): a contender on the echo
-#: and one-way rows, not an asyncio loop.
+#: The C io_uring server (bench/c/uring_echo_server): a contender on the echo,
+#: one-way and send rows, not an asyncio loop.
 REFERENCE = "c-io_uring"
 #: Its mode (-m) for each server kind of bench/servers.py it has a counterpart
 #: of (plain TCP only: it has no TLS).
 REFERENCE_MODES = {"echo-protocol": "echo", "echo-streams": "echo",
-                   "sink-protocol": "sink", "sink-streams": "sink"}
+                   "sink-protocol": "sink", "sink-streams": "sink",
+                   "source-protocol": "source", "source-streams": "source"}
 #: How the READY line of a server names each contender's running loop.
 LOOP_PREFIX = {"asyncio": "asyncio.", "uvloop": "uvloop.", "zcloop": "zcloop.",
                REFERENCE: REFERENCE}
@@ -139,23 +140,26 @@ def task_times(pid):
 class Server:
     """A server process of one kind on one contender (loop or C reference),
     listening on `host`, serving TLS with `tls` (a TLSMaterial) if given;
-    a loop's server imports zcloop from the checkout `root`."""
+    a loop's server imports zcloop from the checkout `root`; `cc` sets the
+    TCP congestion control of its listening socket (connections inherit it)."""
 
     def __init__(self, kind, contender, *, host="127.0.0.1", tls=None, start_timeout=30,
-                 root=ROOT):
+                 root=ROOT, cc=None):
         self.kind, self.contender = kind, contender
         if contender == REFERENCE:
             if kind not in REFERENCE_MODES or tls:
                 raise BenchError(f"the C reference server has no counterpart of "
                                  f"{kind}{' over TLS' if tls else ''}")
             command = [str(BIN / "uring_echo_server"), "-m", REFERENCE_MODES[kind], "-h", host,
-                       "-p", "0"]
+                       "-p", "0", *(["-c", cc] if cc else [])]
             env = None
         else:
             command = [sys.executable, str(BENCH / "servers.py"), kind, "--host", host,
                        "--port", "0"]
             if tls:
                 command += ["--certfile", str(tls.server_pem)]
+            if cc:
+                command += ["--cc", cc]
             env = loop_env(contender, root)
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
@@ -186,7 +190,7 @@ class Server:
         self.reader.buffer = b""
 
     def read_stats(self, timeout=5):
-        """The next ``STATS {json}`` line (the source server prints one per
+        """The next ``STATS {json}`` line (the source-protocol server prints one per
         closed connection); None if none comes within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         try:

@@ -8,6 +8,7 @@ GROUP_TITLES = {
     "echo-protocol": "TCP echo, Protocol API (C echo_client)",
     "echo-streams": "TCP echo, Streams API (C echo_client)",
     "oneway": "One-way streams: client sends, server counts and acks each message",
+    "send": "Send side: server streams messages to a receive-only client (MB/s, CPU per MiB)",
     "echo-tls": "TLS echo, Protocol API + ssl.SSLContext (C echo_client over OpenSSL)",
     "zerocopy": "Zero-copy: server streams to a receive-only client, write() vs write_zc()",
     "http": "HTTP and HTTPS: aiohttp hello world (wrk)",

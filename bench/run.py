@@ -63,7 +63,8 @@ class Workload:
     loops: tuple | None = None    # only these loops (an API only they have)
     compare_to: str | None = None  # "vs uvloop" against the base loop of this other row
     per_mib: bool = False  # server CPU per MiB transferred instead of per op
-    stats: bool = False   # the server prints STATS per connection (source kind)
+    stats: bool = False   # record the STATS the server prints per connection
+                          # (source-protocol and source-pool kinds)
 
     def __post_init__(self):
         if self.reference and (self.server not in REFERENCE_MODES or self.tls):
@@ -115,6 +116,19 @@ def define_workloads(quick):
             "{bin}/echo_client", "-m", "oneway", "-p", "{port}", "-c", "1", "-s", str(size),
             "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True))
 
+    # Send side: the server streams SIZE-byte messages to a receive-only
+    # client (echo_client -m source), with pause_writing()/resume_writing()
+    # (Protocol) or write(); await drain() (Streams); the C reference keeps one
+    # SEND of the whole message in flight (uring_echo_server -m source).
+    send_cells = ([("protocol", MiB), ("streams", 16 * MiB)] if quick else
+                  [(api, size) for api in ("protocol", "streams")
+                   for size in (64 * KiB, MiB, 16 * MiB)])
+    for api, size in send_cells:
+        rows.append(Workload("send", f"send {api} {size_label(size)}", f"source-{api}", (
+            "{bin}/echo_client", "-m", "source", "-h", "{host}", "-p", "{port}", "-c", "1",
+            "-s", str(size), "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True,
+            per_mib=True))
+
     # TLS: the Protocol echo server with an ssl.SSLContext, the C client over OpenSSL.
     for size in (KiB, 100 * KiB):
         rows.append(Workload("echo-tls", f"echo tls {size_label(size)} c10", "echo-protocol", (
@@ -132,7 +146,7 @@ def define_workloads(quick):
         plain = f"zc {where} write {size_label(size)}"
         for api in ("write", "write_zc", "write_zc pool"):
             zc = api != "write"
-            kind = "source-pool" if api == "write_zc pool" else "source"
+            kind = "source-pool" if api == "write_zc pool" else "source-protocol"
             rows.append(Workload("zerocopy", f"zc {where} {api} {size_label(size)}", kind, (
                 "{bin}/echo_client", "-m", "source", *(["-z"] if zc else []), "-h", "{host}",
                 "-p", "{port}", "-c", "1", "-s", str(size), "-d", "{duration}",
@@ -270,8 +284,9 @@ class Suite:
         else:
             command = workload.command(server.port, self.settings, self.netns)
             run = dict(server=server)
-            if workload.stats:
-                server.discard_output()
+            # Also for rows that do not record STATS: a source-protocol server
+            # prints them for every connection.
+            server.discard_output()
         timeout = self.settings.warmup + max(self.settings.duration,
                                              self.settings.http_duration) + 30
         try:

@@ -1,13 +1,18 @@
 """The Python servers the benchmarks load, one process per (server kind, loop).
 
     python bench/servers.py KIND [--host H] [--port 0] [--certfile PEM [--keyfile PEM]]
+                            [--cc NAME]
 
 These are plain asyncio programs: bench/harness.py picks the event loop by
 starting them with ZCLOOP_LOOP and zcloop/_inject on PYTHONPATH, the same way
 ``python -m zcloop compare`` does.  Once listening, a server prints
 ``READY port=N loop=<module.Class of the running loop>`` (the harness checks
 the loop is the one it asked for).  The only other lines on stdout are the
-``STATS {json}`` lines of the source kind, one per closed connection.
+``STATS {json}`` lines of the source-protocol and source-pool kinds, one per
+closed connection.
+
+With --cc the listening socket gets that TCP congestion control
+(TCP_CONGESTION; accepted connections inherit it): bench/modes.py varies it.
 
 With --certfile every kind serves TLS (an ssl.SSLContext passed to the
 server, as an application would); bench/harness.py makes the certificates.
@@ -18,7 +23,7 @@ Kinds:
   sink-protocol   one-way: the client sends an 8-byte little-endian message
   sink-streams      size, then messages; the server counts bytes and sends a
                     1-byte ack per message (Protocol / Streams API)
-  source          one-way the other way: the client sends the 8-byte size and
+  source-protocol one-way the other way: the client sends the 8-byte size and
                     one byte, b"w" or b"z"; the server then streams messages of
                     that size (one bytes object, written again and again) with
                     transport.write() (w) or zcloop's transport.write_zc() (z),
@@ -26,7 +31,10 @@ Kinds:
                     connection is lost it prints STATS with the bytes written
                     and, on zcloop, get_extra_info("zcloop") and what the
                     write_zc() handles' `released` futures said
-  source-pool     source, but b"z" sends blocks of a registered BufferPool
+  source-streams  source-protocol's b"w" with asyncio.start_server: the
+                    server loops writer.write(message); await writer.drain()
+                    until the client closes (no STATS)
+  source-pool     source-protocol, but b"z" sends blocks of a registered BufferPool
                     (loop.create_zc_pool(SIZE, blocks), filled once): each
                     message acquires a free block and write_zc()s it; it
                     returns to the pool when its `released` resolves (zcloop)
@@ -37,6 +45,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import ssl
 import sys
 
@@ -197,6 +206,25 @@ class SourceProtocol(asyncio.Protocol):
         print("STATS " + json.dumps(stats), flush=True)
 
 
+async def source_stream(reader, writer):
+    try:
+        header = await reader.readexactly(HEADER + 1)
+        size = int.from_bytes(header[:HEADER], "little")
+        if header[HEADER:] != b"w" or not size:
+            return
+        payload = (SourceProtocol.payloads.get(size) or
+                   SourceProtocol.payloads.setdefault(size, b"x" * size))
+        # A transport that failed inside write() (peer gone) drops later
+        # writes; drain() then raises, or is_closing() ends the loop.
+        while not writer.is_closing():
+            writer.write(payload)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
 class PooledSourceProtocol(SourceProtocol):
     """SourceProtocol whose write_zc() messages are blocks of a registered
     BufferPool, one per message size for the process (64 MiB of blocks, at
@@ -247,12 +275,15 @@ async def start_ws_echo(host, port, ssl_context):
     return next(iter(server.sockets)).getsockname()[1]
 
 
-async def start_server(kind, host, port, ssl_context=None):
+async def start_server(kind, host, port, ssl_context=None, cc=None):
     """Start the server; return the port it listens on."""
     loop = asyncio.get_running_loop()
+    if cc and kind in ("http-aiohttp", "ws-echo"):
+        raise ValueError(f"--cc is not supported for {kind}")
     protocols = {"echo-protocol": EchoProtocol, "sink-protocol": SinkProtocol,
-                 "source": SourceProtocol, "source-pool": PooledSourceProtocol}
-    streams = {"echo-streams": echo_stream, "sink-streams": sink_stream}
+                 "source-protocol": SourceProtocol, "source-pool": PooledSourceProtocol}
+    streams = {"echo-streams": echo_stream, "sink-streams": sink_stream,
+               "source-streams": source_stream}
     if kind in protocols:
         server = await loop.create_server(protocols[kind], host, port, ssl=ssl_context)
     elif kind in streams:
@@ -263,6 +294,9 @@ async def start_server(kind, host, port, ssl_context=None):
         return await start_ws_echo(host, port, ssl_context)
     else:
         raise ValueError(kind)
+    if cc:
+        for sock in server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     return server.sockets[0].getsockname()[1]
 
 
@@ -278,7 +312,7 @@ def server_ssl_context(certfile, keyfile):
 async def main(args):
     loop = asyncio.get_running_loop()
     port = await start_server(args.kind, args.host, args.port,
-                              server_ssl_context(args.certfile, args.keyfile))
+                              server_ssl_context(args.certfile, args.keyfile), args.cc)
     loop_class = type(loop)
     print(f"READY port={port} loop={loop_class.__module__}.{loop_class.__qualname__}", flush=True)
     stop = asyncio.Event()
@@ -287,8 +321,8 @@ async def main(args):
     await stop.wait()
 
 
-KINDS = ("echo-protocol", "echo-streams", "sink-protocol", "sink-streams", "source", "source-pool",
-         "http-aiohttp", "ws-echo")
+KINDS = ("echo-protocol", "echo-streams", "sink-protocol", "sink-streams", "source-protocol",
+         "source-streams", "source-pool", "http-aiohttp", "ws-echo")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -297,4 +331,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
     parser.add_argument("--keyfile", help="its private key, if not in --certfile")
+    parser.add_argument("--cc", metavar="NAME",
+                        help="TCP congestion control of the listening socket (e.g. cubic)")
     asyncio.run(main(parser.parse_args()))

@@ -23,16 +23,30 @@
  * is smaller (64 buffers of 64 KiB instead of 256 of 256 KiB), to stay in
  * cache.
  *
+ * source mode (-m source), the send rows (source-protocol/source-streams in
+ * bench/servers.py): the client sends an 8-byte little-endian message size
+ * and one byte, 'w', then only reads.  The server keeps one SEND in flight per
+ * connection of a message buffer of that size (one per size for the process,
+ * filled once, as the Python servers share one bytes object), with
+ * MSG_WAITALL so a completion means the whole message went out (a short
+ * count only on error), re-armed on completion until the client closes.  No
+ * zero-copy.  Its recv ring is sink mode's small one (it only sees the header
+ * and the end of stream).
+ *
  * Prints "READY port=N loop=c-io_uring" once listening.  Stops on SIGINT/SIGTERM
  * (default signal action: the kernel tears the ring down).
  *
- * usage: uring_echo_server [-h host] [-p port] [-m echo|sink]
+ * -c CC sets the congestion control of the listening socket (TCP_CONGESTION;
+ * accepted connections inherit it): bench/modes.py varies it on the send rows.
+ *
+ * usage: uring_echo_server [-h host] [-p port] [-m echo|sink|source] [-c CC]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <liburing.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,10 +67,12 @@
 #define BUFFER_GROUP 1
 #define MAX_IOV 64
 #define MAX_FDS 65536
-#define HEADER 8 /* sink mode: message size, little endian, once per connection */
+#define HEADER 8 /* sink and source modes: message size, little endian, once per connection */
 #define ACK_CHUNK 4096 /* sink mode: at most this many acks per send */
 
-enum op { OP_ACCEPT, OP_RECV, OP_SEND, OP_SEND_ACKS };
+enum op { OP_ACCEPT, OP_RECV, OP_SEND, OP_SEND_ACKS, OP_SEND_MESSAGE };
+#define OP_BITS 3 /* user_data: fd << OP_BITS | op */
+enum mode { MODE_ECHO, MODE_SINK, MODE_SOURCE };
 
 /* Received bytes waiting to be echoed: part of one provided buffer. */
 struct segment {
@@ -76,6 +92,9 @@ struct conn {
     uint64_t message_size; /* valid once header_len == HEADER */
     uint64_t unacked;      /* bytes received towards the next ack */
     uint64_t acks;         /* acks earned and not sent yet */
+    /* source mode */
+    int method_received;   /* the byte after the header ('w') arrived */
+    const char *message;   /* the message buffer, once the header is complete */
     int sending, recv_armed, closing, queued;
 };
 
@@ -85,7 +104,7 @@ static char *buffers;
 static struct conn *conns[MAX_FDS];
 static struct conn *flush_queue[MAX_FDS]; /* connections to flush after this batch */
 static int n_queued;
-static int sink_mode;
+static enum mode mode = MODE_ECHO;
 static unsigned n_buffers = N_BUFFERS;
 static size_t buffer_size = BUFFER_SIZE;
 static char ack_bytes[ACK_CHUNK]; /* all 0x01: every ack send comes from here */
@@ -112,7 +131,7 @@ static void arm_accept(int listen_fd)
 {
     struct io_uring_sqe *sqe = get_sqe();
     io_uring_prep_multishot_accept(sqe, listen_fd, NULL, NULL, 0);
-    io_uring_sqe_set_data64(sqe, (uint64_t)listen_fd << 2 | OP_ACCEPT);
+    io_uring_sqe_set_data64(sqe, (uint64_t)listen_fd << OP_BITS | OP_ACCEPT);
 }
 
 static void arm_recv(struct conn *c)
@@ -121,7 +140,7 @@ static void arm_recv(struct conn *c)
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BUFFER_GROUP;
-    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << 2 | OP_RECV);
+    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << OP_BITS | OP_RECV);
     c->recv_armed = 1;
 }
 
@@ -150,7 +169,7 @@ static void start_send(struct conn *c)
     c->msg.msg_iovlen = n;
     struct io_uring_sqe *sqe = get_sqe();
     io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << 2 | OP_SEND);
+    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << OP_BITS | OP_SEND);
     c->sending = 1;
 }
 
@@ -160,7 +179,35 @@ static void start_send_acks(struct conn *c)
     unsigned n = c->acks < ACK_CHUNK ? c->acks : ACK_CHUNK;
     struct io_uring_sqe *sqe = get_sqe();
     io_uring_prep_send(sqe, c->fd, ack_bytes, n, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << 2 | OP_SEND_ACKS);
+    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << OP_BITS | OP_SEND_ACKS);
+    c->sending = 1;
+}
+
+/* Source mode: the message buffer of `size` bytes, made on first use and
+ * kept for the process (a few sizes at most: one per row). */
+static const char *message_buffer(uint64_t size)
+{
+    static struct { uint64_t size; char *data; } cache[16];
+    static unsigned n_cached;
+    for (unsigned i = 0; i < n_cached; i++)
+        if (cache[i].size == size)
+            return cache[i].data;
+    char *data = n_cached < 16 ? malloc(size) : NULL;
+    if (!data)
+        return NULL;
+    memset(data, 'x', size);
+    cache[n_cached].size = size;
+    cache[n_cached++].data = data;
+    return data;
+}
+
+/* Source mode: send the whole message; MSG_WAITALL makes io_uring retry a
+ * partial send until all of it went out. */
+static void start_send_message(struct conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe();
+    io_uring_prep_send(sqe, c->fd, c->message, c->message_size, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_sqe_set_data64(sqe, (uint64_t)c->fd << OP_BITS | OP_SEND_MESSAGE);
     c->sending = 1;
 }
 
@@ -207,7 +254,9 @@ static void flush_queued(void)
     for (int i = 0; i < n_queued; i++) {
         struct conn *c = flush_queue[i];
         c->queued = 0;
-        if (!c->sending) {
+        if (!c->sending && !c->closing && c->message) {
+            start_send_message(c);
+        } else if (!c->sending) {
             if (c->count)
                 start_send(c);
             else if (c->acks)
@@ -239,6 +288,23 @@ static void count_received(struct conn *c, const unsigned char *data, unsigned l
     }
 }
 
+/* Source mode: parse the size header and the method byte; later bytes are ignored. */
+static void read_source_header(struct conn *c, const unsigned char *data, unsigned len)
+{
+    while (c->header_len < HEADER && len) {
+        c->message_size |= (uint64_t)*data++ << (8 * c->header_len++);
+        len--;
+    }
+    if (c->header_len < HEADER || c->method_received || !len)
+        return;
+    c->method_received = 1;
+    /* 'w' only: 'z' (write_zc) has no counterpart here; no size, no message. */
+    if (*data != 'w' || !c->message_size || !(c->message = message_buffer(c->message_size))) {
+        c->closing = 1;
+        shutdown(c->fd, SHUT_RDWR); /* ends the multishot recv */
+    }
+}
+
 static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
 {
     int more = cqe->flags & IORING_CQE_F_MORE;
@@ -246,8 +312,11 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
         c->recv_armed = 0;
     if (cqe->res > 0) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        if (sink_mode) {
+        if (mode == MODE_SINK) {
             count_received(c, (unsigned char *)buffer(bid), cqe->res);
+            recycle_buffer(bid);
+        } else if (mode == MODE_SOURCE) {
+            read_source_header(c, (unsigned char *)buffer(bid), cqe->res);
             recycle_buffer(bid);
         } else {
             struct segment *s = &c->segments[(c->head + c->count++) % N_BUFFERS];
@@ -257,6 +326,8 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
         }
     } else if (cqe->res != -ENOBUFS) {
         c->closing = 1; /* EOF or error: finish sending, then close */
+        if (mode == MODE_SOURCE && c->sending)
+            shutdown(c->fd, SHUT_RDWR); /* the client is gone: end the pending send */
     }
     if (!more && !c->closing)
         arm_recv(c);
@@ -287,6 +358,14 @@ static void on_send_acks(struct conn *c, struct io_uring_cqe *cqe)
     queue_flush(c);
 }
 
+static void on_send_message(struct conn *c, struct io_uring_cqe *cqe)
+{
+    c->sending = 0;
+    if (cqe->res < 0 || (uint64_t)cqe->res < c->message_size)
+        c->closing = 1; /* the peer is gone (a short count: interrupted by shutdown) */
+    queue_flush(c);
+}
+
 static void on_accept(int listen_fd, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
@@ -298,7 +377,7 @@ static void on_accept(int listen_fd, struct io_uring_cqe *cqe)
         return;
     }
     struct conn *c = calloc(1, sizeof *c);
-    if (!c || (!sink_mode && !(c->segments = malloc(N_BUFFERS * sizeof *c->segments))))
+    if (!c || (mode == MODE_ECHO && !(c->segments = malloc(N_BUFFERS * sizeof *c->segments))))
         die("malloc", ENOMEM);
     c->fd = cqe->res;
     conns[c->fd] = c;
@@ -324,13 +403,15 @@ static void setup_buffer_ring(void)
     io_uring_buf_ring_advance(buf_ring, n_buffers);
 }
 
-static int listen_on(const char *host, int port)
+static int listen_on(const char *host, int port, const char *cc)
 {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
         die("bad IPv4 address", EINVAL);
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (cc && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, strlen(cc)))
+        die("TCP_CONGESTION", errno);
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) || listen(fd, 1024))
         die("bind/listen", errno);
     socklen_t len = sizeof addr;
@@ -343,20 +424,27 @@ static int listen_on(const char *host, int port)
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1";
+    const char *cc = NULL;
     int port = 0, opt;
-    while ((opt = getopt(argc, argv, "h:p:m:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:m:c:")) != -1) {
         if (opt == 'h')
             host = optarg;
         else if (opt == 'p')
             port = atoi(optarg);
-        else if (opt == 'm' && (!strcmp(optarg, "echo") || !strcmp(optarg, "sink")))
-            sink_mode = !strcmp(optarg, "sink");
+        else if (opt == 'c')
+            cc = optarg;
+        else if (opt == 'm' && !strcmp(optarg, "echo"))
+            mode = MODE_ECHO;
+        else if (opt == 'm' && !strcmp(optarg, "sink"))
+            mode = MODE_SINK;
+        else if (opt == 'm' && !strcmp(optarg, "source"))
+            mode = MODE_SOURCE;
         else {
-            fprintf(stderr, "usage: %s [-h host] [-p port] [-m echo|sink]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-h host] [-p port] [-m echo|sink|source] [-c CC]\n", argv[0]);
             return 2;
         }
     }
-    if (sink_mode) {
+    if (mode != MODE_ECHO) {
         n_buffers = SINK_BUFFERS;
         buffer_size = SINK_BUFFER_SIZE;
         memset(ack_bytes, 1, sizeof ack_bytes);
@@ -373,7 +461,7 @@ int main(int argc, char **argv)
         die("io_uring_queue_init", -ret);
     setup_buffer_ring();
 
-    int listen_fd = listen_on(host, port);
+    int listen_fd = listen_on(host, port, cc);
     arm_accept(listen_fd);
 
     for (;;) {
@@ -385,12 +473,13 @@ int main(int argc, char **argv)
         io_uring_for_each_cqe(&ring, head, cqe) {
             seen++;
             uint64_t data = io_uring_cqe_get_data64(cqe);
-            int fd = (int)(data >> 2);
-            switch (data & 3) {
+            int fd = (int)(data >> OP_BITS);
+            switch (data & ((1 << OP_BITS) - 1)) {
             case OP_ACCEPT: on_accept(fd, cqe); break;
             case OP_RECV: on_recv(conns[fd], cqe); break;
             case OP_SEND: on_send(conns[fd], cqe); break;
             case OP_SEND_ACKS: on_send_acks(conns[fd], cqe); break;
+            case OP_SEND_MESSAGE: on_send_message(conns[fd], cqe); break;
             }
         }
         io_uring_cq_advance(&ring, seen);
