@@ -56,7 +56,7 @@ def main():
     if build_error:
         sys.exit(f"C load generator: {build_error}")
     settings = Settings(rounds=args.rounds, duration=args.duration,
-                        warmup=FULL.warmup, http_duration=2 * args.duration)
+                        warmup=FULL.warmup, http_duration=max(1, round(2 * args.duration)))
     rows = [w for w in define_workloads(quick=False)
             if re.search(args.only, w.name) and w.server and not w.netns and not w.loops]
     print(f"{len(rows)} rows x {args.rounds} rounds; base={args.base} new={harness.ROOT}",
