@@ -1,5 +1,5 @@
 cdef class ReadPipeTransport(StreamTransport):
-    cdef _fatal_error(self, object exc, str message)
+    cdef bint _error_is_quiet(self, object exc)
 
 
 cdef class _PipeHangupOp(UringOp):

@@ -45,19 +45,10 @@ cdef class ReadPipeTransport(StreamTransport):
             info.append('idle')
         return '<{}>'.format(' '.join(info))
 
-    cdef _fatal_error(self, object exc, str message):
+    cdef bint _error_is_quiet(self, object exc):
         # asyncio's read pipe reports every error to the exception handler
         # but EIO, which is how a pty's master sees the slave hang up.
-        if isinstance(exc, OSError) and exc.errno != errno_mod.EIO:
-            self._loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self,
-                'protocol': self._protocol,
-            })
-            self._force_close(exc)
-            return
-        StreamTransport._fatal_error(self, exc, message)
+        return isinstance(exc, OSError) and exc.errno == errno_mod.EIO
 
     cdef _on_eof(self):
         # The writer closed its end.

@@ -35,6 +35,7 @@ cdef class RingTransport:
     cdef _maybe_pause_protocol(self)
     cdef _maybe_resume_protocol(self)
     cdef _set_limits(self, object high, object low)
+    cdef bint _error_is_quiet(self, object exc)
     cdef _fatal_error(self, object exc, str message)
     cpdef _force_close(self, object exc)
     cdef _schedule_connection_lost(self, object exc)

@@ -184,8 +184,13 @@ cdef class RingTransport:
 
     # -- errors and teardown
 
+    cdef bint _error_is_quiet(self, object exc):
+        # asyncio only logs (in debug mode) a connection's OSErrors; anything
+        # else goes to the exception handler.
+        return isinstance(exc, OSError)
+
     cdef _fatal_error(self, object exc, str message):
-        if isinstance(exc, OSError):
+        if self._error_is_quiet(exc):
             if self._loop._debug:
                 logger.debug("%r: %s", self, message, exc_info=True)
         else:
