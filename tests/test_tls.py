@@ -13,7 +13,7 @@ import pytest
 
 from streamutil import (
     Hasher, LoopFactory, Recorder, digest, fd_count, loop_factory_fixture, pattern, run,
-    tcp_listener,
+    tcp_listener, tls_context_pair,
 )
 
 trustme = pytest.importorskip('trustme')
@@ -28,12 +28,7 @@ def both(coro_fn, *args, **kwargs):
 
 @pytest.fixture(scope='module')
 def certs():
-    ca = trustme.CA()
-    cert = ca.issue_cert('localhost', '127.0.0.1')
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_context_pair()
     other_ca = trustme.CA()
     untrusting_ctx = ssl.create_default_context()
     other_ca.configure_trust(untrusting_ctx)
