@@ -42,24 +42,30 @@ def _events(log, name):
     return [entry[1:] for entry in log if entry[0] == name]
 
 
-class CtxRecorder(asyncio.Protocol):
+class _CtxLog:
     """Logs (name, event, var, counter) for every callback; each callback
     bumps `counter`, so the log shows which changes a callback sees."""
 
-    def __init__(self, log, name, close_on=None):
+    def __init__(self, log, name):
         self.log = log
         self.name = name
+
+    def _record(self, event):
+        value = counter.get()
+        self.log.append((self.name, event, var.get(), value))
+        counter.set(value + 1)
+
+
+class CtxRecorder(_CtxLog, asyncio.Protocol):
+
+    def __init__(self, log, name, close_on=None):
+        super().__init__(log, name)
         self.close_on = close_on
         self.transport = None
         self.received = b''
         self.made_marks = []        # made_mark as each read saw it
         self.data_event = asyncio.Event()
         self.lost = asyncio.get_running_loop().create_future()
-
-    def _record(self, event):
-        value = counter.get()
-        self.log.append((self.name, event, var.get(), value))
-        counter.set(value + 1)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -536,19 +542,13 @@ def test_subprocess_callbacks_context(run, is_zcloop):
         assert log[-2:] == [('exited', 'creator'), ('lost', 'creator')]
 
 
-class DatagramCtxRecorder(asyncio.DatagramProtocol):
+class DatagramCtxRecorder(_CtxLog, asyncio.DatagramProtocol):
 
     def __init__(self, log, name):
-        self.log = log
-        self.name = name
+        super().__init__(log, name)
         self.received = asyncio.Queue()
         self.errors = asyncio.Queue()
         self.lost = asyncio.get_running_loop().create_future()
-
-    def _record(self, event):
-        value = counter.get()
-        self.log.append((self.name, event, var.get(), value))
-        counter.set(value + 1)
 
     def connection_made(self, transport):
         self._record('made')
