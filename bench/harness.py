@@ -22,6 +22,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -480,6 +481,23 @@ def command_output(command):
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (done.stdout or done.stderr).strip() or None
+
+
+def default_congestion_control():
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        return f.read().strip()
+
+
+def congestion_control_unavailable(name):
+    """Why a socket cannot use TCP congestion control `name` (None if it can):
+    not built into the kernel, or not in tcp_allowed_congestion_control for a
+    process without CAP_NET_ADMIN."""
+    with socket.socket() as sock:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            return f"TCP_CONGESTION refused ({exc.strerror})"
+    return None
 
 
 def machine_info():

@@ -85,12 +85,31 @@ def base_row(rows, row):
     return next((r for r in rows if r["name"] == target), row) if target else row
 
 
+def paired_ratios(rows, row, contender, base, key="throughput"):
+    """`key` of `contender` over `base`, round by round: both were measured
+    in the same round, minutes apart at most, so the machine's state (which
+    changes over tens of seconds here, docs/benchmarks.md) is mostly the same
+    for both.  Rounds where either failed are left out."""
+    mine = row["results"].get(contender, {}).get("samples", [])
+    theirs = base_row(rows, row)["results"].get(base, {}).get("samples", [])
+    return [a[key] / b[key] for a, b in zip(mine, theirs)
+            if a.get(key) is not None and b.get(key)]
+
+
 def ratio(rows, row, contender, base, key="throughput"):
-    mine = row["results"].get(contender, {}).get("summary", {})
-    theirs = base_row(rows, row)["results"].get(base, {}).get("summary", {})
-    if mine.get(key) is None or not theirs.get(key):
-        return None
-    return mine[key] / theirs[key]
+    """Median of the paired per-round ratios (None if no round has both)."""
+    values = paired_ratios(rows, row, contender, base, key)
+    return statistics.median(values) if values else None
+
+
+def ratio_text(rows, row, contender, base):
+    values = paired_ratios(rows, row, contender, base)
+    if not values:
+        return "-"
+    text = f"{statistics.median(values):.2f}x"
+    if len(values) > 1 and not (contender == base and base_row(rows, row) is row):
+        text += f" [{min(values):.2f}-{max(values):.2f}]"
+    return text
 
 
 def fmt(value, digits=0, suffix=""):
@@ -163,7 +182,9 @@ def markdown(results, charts):
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- method: {settings['rounds']} interleaved rounds, median shown; windows of "
         f"{settings['duration']} s after {settings['warmup']} s warm-up (wrk: "
-        f"{settings['http_duration']} s); 'vs {base}' compares medians of the same run.",
+        f"{settings['http_duration']} s); 'vs {base}': median [range] of the ratios of "
+        f"the same rounds; TCP congestion control of the echo_client rows: "
+        f"{settings.get('cc', 'system')}.",
         "",
     ]
     rows = results["rows"]
@@ -189,7 +210,7 @@ def markdown(results, charts):
                            f"{summary['p50_us']:,.0f} / {summary['p99_us']:,.0f}")
                 lines.append(
                     f"| {name} | {label} | {fmt(summary['throughput'], digits)} {row['unit']} "
-                    f"| {fmt(ratio(rows, row, contender, base), 2, 'x')} "
+                    f"| {ratio_text(rows, row, contender, base)} "
                     f"| {fmt(summary['cpu_us_per_op'], 2)} | {latency} "
                     f"| {fmt(summary['syscalls_per_op'], 2)} "
                     f"| {cell_notes(summary).replace('|', '/')} |")

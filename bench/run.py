@@ -1,11 +1,14 @@
 """zcloop benchmark suite: every workload on every loop, side by side, in one run.
 
     python bench/run.py [--quick] [--loops asyncio,uvloop,zcloop] [--out bench/out]
-                        [--only PATTERN] [--syscalls] [--publish [DIR]]
+                        [--only PATTERN] [--cc cubic|system|NAME] [--syscalls]
+                        [--publish [DIR]]
 
 Servers run pinned to CPU 0, load generators to CPU 1.  Rounds are
 interleaved (round robin over loops, order rotated every round) and each cell
-is the median over rounds.  A failing cell records its error and the run goes
+is the median over rounds; 'vs uvloop' is the median of the per-round ratios.
+The rows driven by bench/bin/echo_client run under one stated TCP congestion
+control on both ends (--cc, default cubic).  A failing cell records its error and the run goes
 on.  Writes results-<date>.json, results.md and one PNG chart per group to
 --out; --publish also puts a full run into bench/results/ (bench/publish.py).
 See docs/benchmarks.md.
@@ -71,13 +74,20 @@ class Workload:
             raise ValueError(f"{self.name}: the C reference server has no counterpart of "
                              f"{self.server}{' over TLS' if self.tls else ''}")
 
-    def command(self, port, settings, netns=None):
+    @property
+    def sets_cc(self):
+        """Both ends take --cc: the C load generator and the servers it talks to."""
+        return self.client[0] == "{bin}/echo_client"
+
+    def command(self, port, settings, netns=None, cc=None):
         duration = settings.http_duration if self.client[0] == "wrk" else settings.duration
         values = {"bin": harness.BIN, "bench": harness.BENCH, "python": sys.executable,
                   "port": port, "duration": duration, "warmup": settings.warmup,
                   "host": netns.HOST_ADDR if netns else "127.0.0.1",
                   "cafile": TLSMaterial.get().ca_pem if self.tls else ""}
         command = [part.format(**values) for part in self.client]
+        if cc and self.sets_cc:
+            command += ["-g", cc]
         return netns.exec_prefix() + command if netns else command
 
     @property
@@ -196,8 +206,9 @@ def cpu_per_op(sample, workload):
 
 
 class Suite:
-    def __init__(self, workloads, loops, settings, syscalls, build_error):
+    def __init__(self, workloads, loops, settings, syscalls, build_error, cc=None):
         self.workloads, self.loops, self.settings = workloads, loops, settings
+        self.cc = cc  # TCP congestion control of the echo_client rows; None: the machine's
         self.syscalls = syscalls
         self.build_error = build_error
         self.samples = {w.name: {c: [] for c in self.contenders(w)} for w in workloads}
@@ -245,10 +256,11 @@ class Suite:
         servers, failures = {}, {}
         if kind is not None and not all(skipped.values()):
             host = netns.HOST_ADDR if netns else "127.0.0.1"
+            cc = self.cc if any(w.sets_cc for w in workloads) else None
             for contender in contenders:
                 try:
                     servers[contender] = Server(kind, contender, host=host,
-                                                tls=TLSMaterial.get() if tls else None)
+                                                tls=TLSMaterial.get() if tls else None, cc=cc)
                 except BenchError as exc:
                     failures[contender] = str(exc)
                     print(f"{kind} on {contender}: {exc}", file=sys.stderr, flush=True)
@@ -282,7 +294,7 @@ class Suite:
             command = workload.command(0, self.settings)
             run = dict(env=harness.loop_env(contender), cpu=harness.SERVER_CPU)
         else:
-            command = workload.command(server.port, self.settings, self.netns)
+            command = workload.command(server.port, self.settings, self.netns, self.cc)
             run = dict(server=server)
             # Also for rows that do not record STATS: a source-protocol server
             # prints them for every connection.
@@ -344,6 +356,11 @@ def main():
     parser.add_argument("--only", metavar="PATTERN",
                         help="only workloads whose group or name matches this regex")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--cc", default="cubic", metavar="NAME",
+                        help="TCP congestion control of both ends of the rows driven by "
+                             "bench/bin/echo_client (TCP_CONGESTION per socket; the machine's "
+                             "default is not changed); 'system': the machine's default. "
+                             "Default: %(default)s (docs/benchmarks.md, 'Congestion control')")
     parser.add_argument("--syscalls", action="store_true",
                         help="one extra sample per cell under `perf stat` for syscalls/op")
     parser.add_argument("--publish", metavar="DIR", nargs="?", const=str(publish.DEFAULT_DEST),
@@ -374,6 +391,12 @@ def main():
         print(f"warning: --syscalls disabled: {reason}", file=sys.stderr)
         args.syscalls = False
 
+    cc = None if args.cc == "system" else args.cc
+    if cc and (reason := harness.congestion_control_unavailable(cc)):
+        print(f"warning: --cc {cc}: {reason}; the machine's default "
+              f"({harness.default_congestion_control()}) is used", file=sys.stderr)
+        cc = None
+
     # A SIGTERM must still run the clean-ups (network namespace, servers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     build_error = harness.build_c_helpers()
@@ -387,7 +410,7 @@ def main():
     # What is measured is the tree as it is now: edits made while the run
     # goes on must not mark it dirty (or clean).
     versions = harness.versions()
-    suite = Suite(workloads, loops, settings, args.syscalls, build_error)
+    suite = Suite(workloads, loops, settings, args.syscalls, build_error, cc)
     suite.run()
     results = {
         "date": started.isoformat(timespec="seconds"),
@@ -395,7 +418,8 @@ def main():
         "machine": harness.machine_info(),
         "versions": versions,
         "settings": {**asdict(settings), "quick": args.quick, "syscalls": args.syscalls,
-                     "only": args.only},
+                     "only": args.only,
+                     "cc": cc or f"system ({harness.default_congestion_control()})"},
         "loops": loops,
         "rows": suite.results(),
     }

@@ -18,9 +18,13 @@
  * is done blocking before the run, then SSL_read/SSL_write on the same
  * non-blocking, edge-triggered loop.  -C CAFILE verifies the server's
  * certificate against CAFILE for the host's IP address (else no verification).
+ * -g CC sets each connection's TCP congestion control (TCP_CONGESTION) before
+ * it connects, so the client's data and acks follow a stated algorithm rather
+ * than the machine's default (docs/benchmarks.md, "Congestion control").
  *
  * usage: echo_client [-h host] -p port [-c conns] [-s size] [-d seconds]
  *                    [-w warmup_seconds] [-m echo|oneway|source [-z]] [-t [-C cafile]]
+ *                    [-g cc]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -221,6 +225,8 @@ static void drive(struct conn *c)
     }
 }
 
+static const char *congestion_control;
+
 static int connect_to(const char *host, int port)
 {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -229,6 +235,12 @@ static int connect_to(const char *host, int port)
         exit(2);
     }
     int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd >= 0 && congestion_control &&
+        setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, congestion_control,
+                   strlen(congestion_control)) < 0) {
+        perror("echo_client: TCP_CONGESTION");
+        exit(2);
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
         perror("echo_client: connect");
         exit(1);
@@ -259,7 +271,7 @@ int main(int argc, char **argv)
     size_t size = 1024;
     double duration = 3, warmup = 0.5;
 
-    while ((opt = getopt(argc, argv, "h:p:c:s:d:w:m:ztC:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:c:s:d:w:m:ztC:g:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -271,9 +283,10 @@ int main(int argc, char **argv)
         case 'z': zero_copy = 1; break;
         case 't': tls = 1; break;
         case 'C': cafile = optarg; break;
+        case 'g': congestion_control = optarg; break;
         default:
             fprintf(stderr, "usage: %s [-h host] -p port [-c conns] [-s size] [-d seconds] "
-                            "[-w warmup] [-m echo|oneway|source [-z]] [-t [-C cafile]]\n", argv[0]);
+                            "[-w warmup] [-m echo|oneway|source [-z]] [-t [-C cafile]] [-g cc]\n", argv[0]);
             return 2;
         }
     }
