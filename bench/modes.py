@@ -2,7 +2,7 @@
 
     python bench/modes.py [--contender c-io_uring] [--kind source-streams]
                           [--size 16777216] [--rounds 10] [--duration 0.8]
-                          [--warmup 0.2] [--server-cc cubic] [--json FILE]
+                          [--warmup 0.2] [--cc cubic] [--no-halt] [--json FILE]
 
 Runs one send row (bench/run.py's "send" group: the server streams SIZE-byte
 messages to a receive-only echo_client -m source, server pinned to CPU 0,
@@ -24,6 +24,13 @@ prints per round what each candidate cause looked like:
                             so other traffic on the machine counts too)
   si0/si1, st0/st1          softirq and steal time per CPU, ms (/proc/stat)
   MHz0/MHz1                 "cpu MHz" of /proc/cpuinfo after the round
+  speed0/speed1, wake       bench/bin/vcpu_probe just before the round: a
+                            fixed spin loop's rate per ms of its own CPU time
+                            on each CPU at once (lower: the host gave the
+                            vCPU less of a physical CPU), and the median /
+                            90th percentile round trip of a one-byte pipe
+                            ping-pong between the two CPUs, µs (a cross-CPU
+                            wake-up each way, as sender and receiver do)
   srv ss / cli ss           `ss -tin` of the server's and the client's end,
                             taken once, in the middle of the window:
                             q=Send-Q/Recv-Q; the sender's congestion control,
@@ -32,7 +39,10 @@ prints per round what each candidate cause looked like:
                             rcv_space and rcv_ssthresh
 
 The /proc deltas span the client's whole run (warm-up and window), not only
-the window.  /sys/kernel/mm/transparent_hugepage/enabled and the TCP sysctls
+the window.  --cc sets the TCP congestion control of both ends (run.py's
+--cc); --no-halt holds /dev/cpu_dma_latency at 0 for the run, so idle vCPUs
+poll instead of halting (tests whether halted-vCPU wake-ups select the mode).
+/sys/kernel/mm/transparent_hugepage/enabled and the TCP sysctls
 (congestion control, buffer sizes, autotuning) are printed once.
 After the table, rounds are split at the middle of the MB/s range (a
 rough "fast"/"slow" split for looking, not a classifier) and each candidate
@@ -159,9 +169,18 @@ def ss_snapshot(port):
     return ends
 
 
+def vcpu_probe():
+    done = subprocess.run([str(harness.BIN / "vcpu_probe"), "-a", str(harness.SERVER_CPU),
+                           "-b", str(harness.CLIENT_CPU), "-t", "100", "-n", "1000"],
+                          capture_output=True, text=True, timeout=30)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
 def measure_round(server, args, settings):
     command = [str(harness.BIN / "echo_client"), "-m", "source", "-p", str(server.port),
-               "-c", "1", "-s", str(args.size), "-d", str(args.duration), "-w", str(args.warmup)]
+               "-c", "1", "-s", str(args.size), "-d", str(args.duration), "-w", str(args.warmup),
+               *(["-g", args.cc] if args.cc else [])]
+    probe = vcpu_probe()
     ss = {}
     timer = threading.Timer(args.warmup + args.duration / 2,
                             lambda: ss.update(ss_snapshot(server.port)))
@@ -190,6 +209,8 @@ def measure_round(server, args, settings):
         "steal_ms": [(b[1] - a[1]) * ticks_ms for a, b in zip(before["cpu"], after["cpu"])],
         "mhz": read_mhz(),
         "ss": ss,
+        "speed": probe["speed"] if probe else None,
+        "wakeup_us": [probe["wakeup_p50_us"], probe["wakeup_p90_us"]] if probe else None,
     }
 
 
@@ -208,14 +229,16 @@ def pair(values, digits=0):
     return "/".join(f"{v:,.{digits}f}" for v in values[:2]) if values else "-"
 
 
-HEADER = ("| round | MB/s | µs/MiB | srv wait/cli busy | idle0/idle1 ms | rx0/rx1 | pkt0/pkt1 | dropped/squeezed | si0/si1 ms "
+HEADER = ("| round | MB/s | µs/MiB | speed0/speed1 | wake p50/p90 µs | srv wait/cli busy "
+          "| idle0/idle1 ms | rx0/rx1 | pkt0/pkt1 | dropped/squeezed | si0/si1 ms "
           "| st0/st1 ms | MHz0/MHz1 | TCP counters | srv ss | cli ss |")
 
 
 def row(label, r):
     cpu = "-" if r["cpu_us_per_mib"] is None else f"{r['cpu_us_per_mib']:,.0f}"
     waits = "/".join("-" if v is None else f"{v:.0%}" for v in (r["contention"], r["client_busy"]))
-    return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {waits} | {pair(r['idle_ms'])} | "
+    return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {pair(r['speed'])} | "
+            f"{pair(r['wakeup_us'])} | {waits} | {pair(r['idle_ms'])} | "
             f"{pair(r['net_rx'])} | "
             f"{pair(r['processed'])} | {r['dropped']:,.0f}/{r['squeezed']:,.0f} | "
             f"{pair(r['softirq_ms'])} | {pair(r['steal_ms'])} | {pair(r['mhz'])} | "
@@ -243,6 +266,9 @@ def side_means(rounds):
             "softirq_ms": [mean([r["softirq_ms"][i] for r in rounds]) for i in range(2)],
             "steal_ms": [mean([r["steal_ms"][i] for r in rounds]) for i in range(2)],
             "mhz": [mean([r["mhz"][i] for r in rounds]) for i in range(min(2, len(rounds[0]["mhz"])))],
+            "speed": [mean([r["speed"][i] for r in rounds if r["speed"]]) for i in range(2)],
+            "wakeup_us": [mean([r["wakeup_us"][i] for r in rounds if r["wakeup_us"]])
+                          for i in range(2)],
             "ss": {}}
 
 
@@ -257,9 +283,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--duration", type=float, default=0.8, help="window, seconds")
     parser.add_argument("--warmup", type=float, default=0.2, help="seconds before the window")
-    parser.add_argument("--server-cc", metavar="NAME",
-                        help="congestion control of the server's sockets (TCP_CONGESTION, "
-                             "e.g. cubic or bbr; default: the system's)")
+    parser.add_argument("--cc", metavar="NAME",
+                        help="TCP congestion control of both ends (TCP_CONGESTION, e.g. cubic "
+                             "or bbr; default: the system's)")
+    parser.add_argument("--no-halt", action="store_true",
+                        help="hold /dev/cpu_dma_latency at 0 (idle vCPUs poll, never halt)")
     parser.add_argument("--json", metavar="FILE", help="also write every round here")
     args = parser.parse_args()
 
@@ -270,12 +298,18 @@ def main():
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     thp_text = thp.read_text().strip() if thp.exists() else "absent"
     sysctls = read_sysctls()
-    print(f"{args.kind} {args.size:,} B on {args.contender} (server congestion control: "
-          f"{args.server_cc or 'system default'}): {args.rounds} rounds of "
+    if args.no_halt:
+        # Held while the file stays open (PM QoS): the idle governor then
+        # only picks states with zero exit latency, i.e. polling.
+        qos = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+        os.write(qos, (0).to_bytes(4, sys.byteorder))
+    print(f"{args.kind} {args.size:,} B on {args.contender} (congestion control: "
+          f"{args.cc or 'system default'}{', no halt' if args.no_halt else ''}): "
+          f"{args.rounds} rounds of "
           f"{args.warmup}+{args.duration} s; server CPU {harness.SERVER_CPU}, client CPU "
           f"{harness.CLIENT_CPU}; THP enabled: {thp_text}", flush=True)
     print("; ".join(f"{k} = {v}" for k, v in sysctls.items()), flush=True)
-    server = Server(args.kind, args.contender, cc=args.server_cc)
+    server = Server(args.kind, args.contender, cc=args.cc)
     rounds = []
     try:
         print(HEADER)
