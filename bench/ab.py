@@ -1,6 +1,6 @@
 """Paired A/B of two zcloop builds (and uvloop) on chosen rows of bench/run.py.
 
-    python bench/ab.py --base DIR [--rounds 5] [--only REGEX] [--duration 2]
+    python bench/ab.py --base DIR [--rounds 5] [--only REGEX] [--duration 2] [--cc cubic]
 
 DIR is another zcloop checkout built in place, e.g. the tree before a change:
     git worktree add /tmp/zcloop-base REV && make -C /tmp/zcloop-base build
@@ -26,13 +26,14 @@ DEFAULT_ROWS = (r"echo protocol (1|10)KiB c(10|100)$|echo streams 1KiB c10$"
                 r"|aiohttp hello wrk")
 
 
-def one_sample(workload, contender, base, settings):
+def one_sample(workload, contender, base, settings, cc):
     loop = "uvloop" if contender == "uvloop" else "zcloop"
     root = base if contender == "base" else harness.ROOT
     tls = TLSMaterial.get() if workload.tls else None
-    server = Server(workload.server, loop, tls=tls, root=root)
+    server = Server(workload.server, loop, tls=tls, root=root,
+                    cc=cc if workload.sets_cc else None)
     try:
-        sample = run_load(workload.command(server.port, settings), server=server)
+        sample = run_load(workload.command(server.port, settings, cc=cc), server=server)
     finally:
         server.stop()
     return throughput(sample, workload.unit), cpu_per_op(sample, workload)
@@ -49,7 +50,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--only", default=DEFAULT_ROWS, help="regex on row names")
+    parser.add_argument("--cc", default="cubic",
+                        help="TCP congestion control of the echo_client rows, as in run.py "
+                             "('system': the machine's default)")
     args = parser.parse_args()
+    cc = None if args.cc == "system" else args.cc
     if not list(args.base.glob("zcloop/_ring*.so")):
         sys.exit(f"{args.base}: no built zcloop/_ring*.so (make -C {args.base} build)")
     build_error = harness.build_c_helpers()
@@ -68,7 +73,7 @@ def main():
             try:
                 for contender in order:
                     samples[contender].append(
-                        one_sample(workload, contender, args.base, settings))
+                        one_sample(workload, contender, args.base, settings, cc))
             except BenchError as exc:
                 print(f"{workload.name}: round {r} failed: {exc}", flush=True)
                 for contender in CONTENDERS:   # keep the rounds paired
