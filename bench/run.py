@@ -1,7 +1,8 @@
 """zcloop benchmark suite: every workload on every loop, side by side, in one run.
 
     python bench/run.py [--quick] [--loops asyncio,uvloop,zcloop] [--out bench/out]
-                        [--only PATTERN] [--cc cubic|system|NAME] [--syscalls]
+                        [--only PATTERN] [--rounds N] [--duration S]
+                        [--cc cubic|system|NAME] [--syscalls]
                         [--publish [DIR]]
 
 Servers run pinned to CPU 0, load generators to CPU 1.  Rounds are
@@ -356,6 +357,9 @@ def main():
     parser.add_argument("--only", metavar="PATTERN",
                         help="only workloads whose group or name matches this regex")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--duration", type=float,
+                        help="override the measured window of the echo_client and micro rows, "
+                             "seconds (more, shorter rounds pair better on a noisy machine)")
     parser.add_argument("--cc", default="cubic", metavar="NAME",
                         help="TCP congestion control of both ends of the rows driven by "
                              "bench/bin/echo_client (TCP_CONGESTION per socket; the machine's "
@@ -376,9 +380,9 @@ def main():
     if not loops or set(loops) - set(LOOPS):
         parser.error(f"--loops takes a comma-separated subset of {', '.join(LOOPS)}")
     settings = QUICK if args.quick else FULL
-    if args.rounds:
-        settings = Settings(args.rounds, settings.duration, settings.warmup,
-                            settings.http_duration)
+    if args.rounds or args.duration:
+        settings = Settings(args.rounds or settings.rounds, args.duration or settings.duration,
+                            settings.warmup, settings.http_duration)
     workloads = define_workloads(args.quick)
     if args.only:
         pattern = re.compile(args.only)
