@@ -218,12 +218,17 @@ def summarize(samples, loops):
                           "max": max(values)}
         entry["maxrss_floor_kib"] = max(s["maxrss_floor_kib"] for s in mine)
         summary[loop] = entry
+    # Ratios pair the runs of one round (run i of this loop against run i of
+    # the base, taken back to back): the machine's state drifts between
+    # rounds, so a ratio of medians can mix rounds taken in different states.
     for base in ratio_bases(summary, loops):
+        base_runs = {s["run"]: s for s in samples if s["loop"] == base}
         for loop in loops:
             for key in ("wall", "cpu"):
-                reference = summary[base][key]["median"]
-                ratio = summary[loop][key]["median"] / reference if reference else None
-                summary[loop][f"{key}_vs_{base}"] = ratio
+                ratios = [s[key] / base_runs[s["run"]][key] for s in samples
+                          if s["loop"] == loop and base_runs.get(s["run"], {}).get(key)]
+                summary[loop][f"{key}_vs_{base}"] = (statistics.median(ratios) if ratios
+                                                     else None)
     return summary
 
 
@@ -336,9 +341,17 @@ def build_parser():
     cmp = commands.add_parser(
         "compare", help="run a command once per event loop and compare time, CPU and memory",
         description="Run COMMAND on each loop (round robin, --runs times) and print wall time, "
-                    "user+sys CPU and peak RSS of the child (min/median/max) with ratios of "
-                    "medians. The loop is forced on any Python child (python, pytest, uvicorn "
-                    f"...) via a sitecustomize shim and {LOOP_ENV}.",
+                    "user+sys CPU and peak RSS of the child (min/median/max) with the median "
+                    "of the per-run ratios (run i of each loop against run i of the base, taken "
+                    "back to back). The loop is forced on any Python child (python, pytest, "
+                    f"uvicorn ...) via a sitecustomize shim and {LOOP_ENV}.",
+        epilog="Programs that stream over loopback TCP: their speed depends on the "
+               "machine's TCP congestion control (sysctl net.ipv4.tcp_congestion_control; "
+               "bbr on loopback reorders and retransmits, cubic does not; set it per socket "
+               "with TCP_CONGESTION or in the sysctl for both runs) and, on a virtual "
+               "machine, on a state of the host that can change over tens of seconds. Use "
+               "more --runs, and trust a ratio only when it holds across them "
+               "(docs/benchmarks.md, 'The two modes of large transfers').",
         usage="python -m zcloop compare [options] -- COMMAND ...")
     cmp.add_argument("--loops", default="asyncio,uvloop,zcloop",
                      help="comma-separated loops to compare (default: %(default)s; "
