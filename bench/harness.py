@@ -118,6 +118,41 @@ class LineReader:
         return line.decode(errors="replace").strip()
 
 
+#: A sample is taken on a quiet machine: at most this share of one CPU used
+#: by anything (the idle servers and this harness included) just before it.
+QUIET_BUSY = 0.10
+#: ... and re-taken when another process held the load generator's CPU for
+#: more than this share of the window (its "client_wait").
+CLIENT_WAIT_MAX = 0.10
+
+
+def busy_share(interval=0.25):
+    """CPU time used by everything on the machine over `interval` seconds,
+    as a share of one CPU (/proc/stat: all but idle and iowait)."""
+    def read():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]
+    total0, idle0 = read()
+    time.sleep(interval)
+    total1, idle1 = read()
+    busy_ticks = (total1 - total0) - (idle1 - idle0)
+    return busy_ticks / os.sysconf("SC_CLK_TCK") / interval
+
+
+def wait_for_quiet(limit):
+    """Wait (up to `limit` seconds) until the machine is quiet (busy_share()
+    below QUIET_BUSY); return the seconds waited, or None if it never was.
+    Another process on the load generator's or the server's CPU halves a
+    streaming row (docs/benchmarks.md, "The two modes of large transfers"):
+    a build or a test run elsewhere on the machine is waited out."""
+    started = time.monotonic()
+    while busy_share() > QUIET_BUSY:
+        if time.monotonic() - started > limit:
+            return None
+    return time.monotonic() - started
+
+
 def task_times(pid):
     """(CPU seconds, seconds runnable but waiting for a CPU) summed over the
     threads of `pid`, from schedstat (ns resolution; the wait is how long
@@ -226,9 +261,10 @@ def run_load(command, *, server=None, env=None, cpu=CLIENT_CPU, timeout=60):
     """Run one load generator to completion and return its JSON result plus,
     over the measured window: "window" (wall seconds), "server_cpu" (seconds;
     the program's own "cpu" when there is no server), "client_busy" (client
-    CPU / window) and "contention" (share of the window the server, or the
-    program, spent runnable but waiting for its CPU).  Raises BenchError
-    when there is no usable result."""
+    CPU / window), "contention" (share of the window the server, or the
+    program, spent runnable but waiting for its CPU) and "client_wait" (the
+    same for the load generator: another process on its CPU).  Raises
+    BenchError when there is no usable result."""
     if server:
         server.check_alive()
     stderr = tempfile.TemporaryFile()
@@ -237,7 +273,8 @@ def run_load(command, *, server=None, env=None, cpu=CLIENT_CPU, timeout=60):
     measured = server.proc.pid if server else proc.pid
 
     def snapshot():
-        return time.perf_counter(), task_times(measured), process_cpu(proc.pid)
+        return (time.perf_counter(), task_times(measured), process_cpu(proc.pid),
+                task_times(proc.pid) if server else None)
 
     reader, start, end, result = LineReader(proc.stdout), snapshot(), None, None
     try:
@@ -269,12 +306,14 @@ def run_load(command, *, server=None, env=None, cpu=CLIENT_CPU, timeout=60):
     window = end[0] - start[0]
     measured_cpu, measured_wait = delta(start[1], end[1])
     client_cpu, _ = delta(start[2], end[2])
+    _, client_wait = delta(start[3], end[3])
     result.update(
         window=window,
         server_cpu=measured_cpu if server else result.get("cpu"),
         # Share of the window the load generator was on its CPU (micro: no client).
         client_busy=client_cpu / window if server and client_cpu is not None else None,
-        contention=measured_wait / window if measured_wait is not None else None)
+        contention=measured_wait / window if measured_wait is not None else None,
+        client_wait=client_wait / window if client_wait is not None else None)
     return result
 
 

@@ -24,6 +24,10 @@ prints per round what each candidate cause looked like:
                             so other traffic on the machine counts too)
   si0/si1, st0/st1          softirq and steal time per CPU, ms (/proc/stat)
   MHz0/MHz1                 "cpu MHz" of /proc/cpuinfo after the round
+  others ms                 CPU time of every other process during the round:
+                            user processes / kernel threads (/proc/PID/stat,
+                            with reaped children); more than a few ms of
+                            the first means the machine was not quiet
   speed0/speed1, wake       bench/bin/vcpu_probe just before the round: a
                             fixed spin loop's rate per ms of its own CPU time
                             on each CPU at once (lower: the host gave the
@@ -123,9 +127,34 @@ def read_mhz():
             if line.startswith("cpu MHz")]
 
 
-def snapshot():
+PF_KTHREAD = 0x00200000
+
+
+def read_others(exclude):
+    """CPU ticks of every process but `exclude` (this harness, whose reaped
+    children include the client, and the server): [user processes, kernel
+    threads].  A process's children that exited and were reaped count in
+    its cutime/cstime, so a build's short-lived compilers are seen through
+    make or pip; what started and ended between two snapshots under a parent
+    that did not exist at the first one is missed."""
+    totals = [0, 0]
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After "(comm)": state is fields[0]; flags [6]; utime..cstime [11:15].
+        ticks = sum(int(v) for v in fields[11:15])
+        totals[1 if int(fields[6]) & PF_KTHREAD else 0] += ticks
+    return totals
+
+
+def snapshot(exclude=()):
     return {"softirqs": read_softirqs(), "softnet": read_softnet(), "cpu": read_cpu_times(),
-            "idle": read_cpu_idle(), "tcp": read_tcp_counters()}
+            "idle": read_cpu_idle(), "tcp": read_tcp_counters(), "others": read_others(exclude)}
 
 
 #: What ss -ti says that the issue's candidates touch: congestion control and
@@ -185,13 +214,14 @@ def measure_round(server, args, settings):
     timer = threading.Timer(args.warmup + args.duration / 2,
                             lambda: ss.update(ss_snapshot(server.port)))
     server.discard_output()
-    before = snapshot()
+    exclude = {os.getpid(), server.proc.pid}
+    before = snapshot(exclude)
     timer.start()
     try:
         sample = run_load(command, server=server, timeout=args.warmup + args.duration + 30)
     finally:
         timer.cancel()
-    after = snapshot()
+    after = snapshot(exclude)
     ticks_ms = 1000 / settings["clk_tck"]
     return {
         "mb_s": sample["bytes"] / sample["duration"] / 1e6,
@@ -199,6 +229,7 @@ def measure_round(server, args, settings):
                            if sample["server_cpu"] is not None else None),
         "contention": sample["contention"],
         "client_busy": sample["client_busy"],
+        "client_wait": sample["client_wait"],
         "idle_ms": [(b - a) * ticks_ms for a, b in zip(before["idle"], after["idle"])],
         "net_rx": [b - a for a, b in zip(before["softirqs"], after["softirqs"])],
         "processed": [b[0] - a[0] for a, b in zip(before["softnet"], after["softnet"])],
@@ -209,6 +240,7 @@ def measure_round(server, args, settings):
         "steal_ms": [(b[1] - a[1]) * ticks_ms for a, b in zip(before["cpu"], after["cpu"])],
         "mhz": read_mhz(),
         "ss": ss,
+        "others_ms": [(b - a) * ticks_ms for a, b in zip(before["others"], after["others"])],
         "speed": probe["speed"] if probe else None,
         "wakeup_us": [probe["wakeup_p50_us"], probe["wakeup_p90_us"]] if probe else None,
     }
@@ -229,15 +261,18 @@ def pair(values, digits=0):
     return "/".join(f"{v:,.{digits}f}" for v in values[:2]) if values else "-"
 
 
-HEADER = ("| round | MB/s | µs/MiB | speed0/speed1 | wake p50/p90 µs | srv wait/cli busy "
+HEADER = ("| round | MB/s | µs/MiB | others ms | speed0/speed1 | wake p50/p90 µs "
+          "| srv wait/cli busy/cli wait "
           "| idle0/idle1 ms | rx0/rx1 | pkt0/pkt1 | dropped/squeezed | si0/si1 ms "
           "| st0/st1 ms | MHz0/MHz1 | TCP counters | srv ss | cli ss |")
 
 
 def row(label, r):
     cpu = "-" if r["cpu_us_per_mib"] is None else f"{r['cpu_us_per_mib']:,.0f}"
-    waits = "/".join("-" if v is None else f"{v:.0%}" for v in (r["contention"], r["client_busy"]))
-    return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {pair(r['speed'])} | "
+    waits = "/".join("-" if v is None else f"{v:.0%}"
+                     for v in (r["contention"], r["client_busy"], r.get("client_wait")))
+    return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {pair(r['others_ms'])} | "
+            f"{pair(r['speed'])} | "
             f"{pair(r['wakeup_us'])} | {waits} | {pair(r['idle_ms'])} | "
             f"{pair(r['net_rx'])} | "
             f"{pair(r['processed'])} | {r['dropped']:,.0f}/{r['squeezed']:,.0f} | "
@@ -259,6 +294,8 @@ def side_means(rounds):
                            if None not in [r["contention"] for r in rounds] else None),
             "client_busy": (mean([r["client_busy"] for r in rounds])
                             if None not in [r["client_busy"] for r in rounds] else None),
+            "client_wait": (mean([r["client_wait"] for r in rounds])
+                            if None not in [r["client_wait"] for r in rounds] else None),
             "idle_ms": [mean([r["idle_ms"][i] for r in rounds]) for i in range(2)],
             "dropped": mean([r["dropped"] for r in rounds]),
             "squeezed": mean([r["squeezed"] for r in rounds]),
@@ -267,6 +304,7 @@ def side_means(rounds):
             "steal_ms": [mean([r["steal_ms"][i] for r in rounds]) for i in range(2)],
             "mhz": [mean([r["mhz"][i] for r in rounds]) for i in range(min(2, len(rounds[0]["mhz"])))],
             "speed": [mean([r["speed"][i] for r in rounds if r["speed"]]) for i in range(2)],
+            "others_ms": [mean([r["others_ms"][i] for r in rounds]) for i in range(2)],
             "wakeup_us": [mean([r["wakeup_us"][i] for r in rounds if r["wakeup_us"]])
                           for i in range(2)],
             "ss": {}}

@@ -33,11 +33,13 @@ def summarize(samples, syscalls_per_op=None):
 
     values = [s["throughput"] for s in ok]
     summary = {key: median(key) for key in ("throughput", "cpu_us_per_op", "p50_us", "p99_us",
-                                            "contention")}
+                                            "contention", "client_wait")}
     summary.update(
         spread=(max(values) - min(values)) / summary["throughput"],
         client_bound=sum(bool(s.get("client_bound")) for s in ok) * 2 > len(ok),
-        samples=len(ok), failed=len(failed), syscalls_per_op=syscalls_per_op)
+        samples=len(ok), failed=len(failed), syscalls_per_op=syscalls_per_op,
+        retakes=sum(s.get("retakes", 0) for s in ok),
+        not_quiet=sum("quiet_wait_s" in s and s["quiet_wait_s"] is None for s in ok))
     if failed:
         summary["failure"] = failed[0]["error"]
     if any("server_stats" in s for s in ok):
@@ -161,6 +163,12 @@ def cell_notes(summary):
         notes.append(f"{summary['failed']} sample(s) failed: {summary['failure']}")
     if (summary.get("contention") or 0) > CONTENDED:
         notes.append(f"CPU contention {summary['contention']:.0%}")
+    if (summary.get("client_wait") or 0) > CONTENDED:
+        notes.append(f"load generator waited {summary['client_wait']:.0%}")
+    if summary.get("retakes"):
+        notes.append(f"{summary['retakes']} sample(s) re-taken (load generator not alone)")
+    if summary.get("not_quiet"):
+        notes.append(f"{summary['not_quiet']} sample(s) started on a busy machine")
     if summary.get("spread", 0) > 0.10:
         notes.append(f"spread {summary['spread']:.0%}")
     return "; ".join(notes)
