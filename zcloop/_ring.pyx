@@ -522,7 +522,6 @@ cdef class RingLoop:
             except BaseException:
                 pass
         leaked = 0
-        quarantined = len(_quarantine)
         self._quarantining = not idle
         for i in range(self._slot_cap):
             obj = self._slot_op[i]
@@ -553,37 +552,18 @@ cdef class RingLoop:
                            'close; their buffers are kept alive forever', leaked)
         self._ring_ready = False
         io_uring_queue_exit(&self._ring)
-        # A quarantined request keeps its transport alive forever, so the
-        # garbage collector would never close that socket: close it now (the
-        # kernel holds its own file reference until the request is gone).
-        for op in _quarantine[quarantined:]:
-            if isinstance(op, _RecvOp):
-                transport = (<_RecvOp>op).transport
-            elif isinstance(op, _SendOp):
-                transport = (<_SendOp>op).transport
-            else:
-                continue
-            if transport is not None:
-                (<StreamTransport>transport)._close_socket()
         # With requests left in flight the kernel may still pick and fill a
         # provided buffer: keep them (and the ring memory) forever then.
         self._free_buf_ring(leaked > 0 or forked)
 
     def _reset_pinned_transports(self):
         # Zero-copy pages sent to a peer that does not read are released
-        # only when the connection goes: reset the connections of transports
-        # still holding them (SO_LINGER 0 + close, as abort() does) so the
-        # notifications arrive and the fds are not kept forever by
-        # quarantined requests.
-        cdef StreamTransport transport
+        # only when the connection goes: transports still holding them reset
+        # their connections (RingTransport._reset) so the notifications
+        # arrive and the fds are not kept forever by quarantined requests.
         n = 0
-        for obj in list(self._transports.values()):
-            if not isinstance(obj, StreamTransport):
-                continue
-            transport = <StreamTransport>obj
-            if transport._reset_if_pinned():
-                transport._closing = True
-                transport._close_socket()
+        for transport in list(self._transports.values()):
+            if (<RingTransport>transport)._reset():
                 n += 1
         return n
 
@@ -1020,8 +1000,7 @@ cdef class RingLoop:
             executor.shutdown(wait=False)
         self._pending_polls = []
         for transport in list(self._transports.values()) + self._pending_flush:
-            if isinstance(transport, StreamTransport):
-                (<StreamTransport>transport)._on_loop_close()
+            (<RingTransport>transport)._on_loop_close()
         self._pending_flush = []
         self._fd_watchers.clear()
         self._close_ring()

@@ -8,7 +8,9 @@ cdef class UringOp:
         return 0
 
     cdef int on_close(self, RingLoop loop) except -1:
-        # The loop is closing and this op's final CQE will never be seen.
+        # loop.close(): this op's final CQE came in the close drain, or it
+        # never will (loop._quarantining: the op stays referenced forever).
+        # Let go of what must not outlive the loop (a transport's socket).
         return 0
 
 

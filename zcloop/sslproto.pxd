@@ -52,7 +52,9 @@ cdef class SSLProtocol:
         Py_ssize_t _write_buffer_size
         SSLState _state
         AppState _app_state
-        int _conn_lost
+        int _conn_lost                     # asyncio's counter for its "SSL connection is
+                                           # closed" warning (the loss, and each write
+                                           # dropped once shutdown began); not a state
         bint _eof_received
 
         object _ssl_handshake_timeout

@@ -11,3 +11,4 @@ cdef class WritePipeTransport(StreamTransport):
         _PipeHangupOp _hup_op   # the POLL_ADD watching for the hangup, if any
 
     cdef _watch_hangup(self)
+    cdef _drop_write(self)

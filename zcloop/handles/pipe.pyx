@@ -36,9 +36,9 @@ cdef class ReadPipeTransport(StreamTransport):
         # the first read until pause, close or EOF); a closed one says
         # 'closed' twice, as asyncio's does.
         info = self._repr_head()
-        if self._sock is None:
+        if self._state == TS_CLOSED:
             info.append('closed')
-        elif (self._recv_op is not None and not self._closing and not self._paused
+        elif (self._recv_op is not None and self._state == TS_OPEN and not self._paused
               and not self._read_eof):
             info.append('polling')
         else:
@@ -54,7 +54,6 @@ cdef class ReadPipeTransport(StreamTransport):
         # The writer closed its end.
         if self._loop._debug:
             logger.info("%r was closed by peer", self)
-        self._closing = True
         self._read_eof = True
         self._loop._call_soon(self._protocol.eof_received, None, None)
         self._schedule_connection_lost(None)
@@ -86,7 +85,7 @@ cdef class _PipeHangupOp(UringOp):
         if transport._hup_op is not self:
             return 0            # the transport stopped watching
         transport._hup_op = None
-        if res == -ECANCELED or transport._conn_lost:
+        if res == -ECANCELED or transport._state >= TS_LOST:
             return 0
         if loop._debug:
             logger.info("%r was closed by peer", transport)
@@ -117,7 +116,7 @@ cdef class WritePipeTransport(StreamTransport):
     cdef _watch_hangup(self):
         cdef io_uring_sqe *sqe
         cdef RingLoop loop = self._loop
-        if self._closing or self._sock is None:
+        if self._state != TS_OPEN:
             return
         self._hup_op = _PipeHangupOp()
         self._hup_op.transport = self
@@ -129,7 +128,7 @@ cdef class WritePipeTransport(StreamTransport):
         # asyncio's words: 'polling' while it has a writer registered, which
         # is while anything is buffered.
         info = self._repr_head()
-        if self._sock is None:
+        if self._state == TS_CLOSED:
             info.append('closed')
         else:
             info.append('polling' if self._buffer_size() else 'idle')
@@ -148,15 +147,10 @@ cdef class WritePipeTransport(StreamTransport):
         n = PyBytes_GET_SIZE(data)
         if n == 0:
             return
-        if self._conn_lost or self._closing:
-            # After write_eof()/close() asyncio drops the data.  _conn_lost
-            # must stay 0 until the connection is lost: the queue still has
-            # to drain, and the stream machinery stops on _conn_lost.
-            if self._conn_lost:
-                if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                    logger.warning('pipe closed by peer or os.write(pipe, data) raised '
-                                   'exception.')
-                self._conn_lost += 1
+        if self._state != TS_OPEN:
+            # After close()/write_eof() (also while the buffer drains) and
+            # abort() asyncio drops the data.
+            self._drop_write()
             return
         if self._send_op is not None or self._queue_bytes:
             StreamTransport.write(self, data)       # behind what is queued
@@ -168,6 +162,7 @@ cdef class WritePipeTransport(StreamTransport):
         if done < 0:
             err = errno
             if err != EAGAIN and err != EINTR:
+                self._dropped_writes += 1       # asyncio counts the failed write
                 self._fatal_error(_send_error(-err), 'Fatal write error on pipe transport')
                 return
             done = 0
@@ -180,6 +175,14 @@ cdef class WritePipeTransport(StreamTransport):
     def write_eof(self):
         # Closing the write end is the pipe's EOF.
         self.close()
+
+    cdef _drop_write(self):
+        # asyncio's write pipe counts the dropped (and a failed) write but
+        # not the loss, and warns once the count before this write reached
+        # LOG_THRESHOLD_FOR_CONNLOST_WRITES (a socket one write earlier).
+        if self._dropped_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            logger.warning('pipe closed by peer or os.write(pipe, data) raised exception.')
+        self._dropped_writes += 1
 
     # A write pipe has no reading side: asyncio's inherits ReadTransport's
     # methods, which raise NotImplementedError.

@@ -63,13 +63,13 @@ cdef class StreamTransport(RingTransport):
         uint64_t _inline_iteration   # loop iteration of the last inline send()
         object _write_context        # context of the write() that found nothing
                                      # buffered: send completions run in it
-        bint _eof
-        bint _shutdown_done
+        bint _eof                    # write_eof() called (half-close, not the
+                                     # close state: docs/design.md "close/abort")
 
         _RecvOp _recv_op
         bint _recv_cancelled
         bint _paused
-        bint _read_eof
+        bint _read_eof               # EOF read (half-close, as _eof)
         list _paused_data            # data that arrived while paused (None = EOF)
         bint _buffered               # protocol is a BufferedProtocol (or SSLProtocol)
         SSLProtocol _ssl             # the protocol when it is zcloop's TLS: fed directly
@@ -106,12 +106,17 @@ cdef class StreamTransport(RingTransport):
     cdef _after_drain(self)
     cdef _drop_queue(self, object exc)
     cdef _queue_pop(self, Py_ssize_t count)
+    cdef _shutdown_write(self)
     cdef _start_reading(self)
     cdef _arm_recv(self)
-    cdef _stop_recv(self)
     cdef _on_recv(self, int32_t res, uint32_t flags)
     cdef int _deliver(self, const char *data, Py_ssize_t n, object obj) except -1
     cdef _on_eof(self)
     cdef _on_send_closed(self, _SendOp op, bint quarantined)
+    # The close path (RingTransport's, transport.pyx), what a stream adds:
+    cdef _stop_recv(self)
+    cdef bint _sending(self)
+    cdef _abort_writes(self, object exc)
+    cdef bint _rst_if_pinned(self)
+    cdef bint _reset(self)
     cdef _on_loop_close(self)
-    cdef bint _reset_if_pinned(self)

@@ -194,6 +194,8 @@ cdef class _SendOp(UringOp):
         # let go) or the op is quarantined with its buffers.
         if self.transport is not None:
             self.transport._on_send_closed(self, loop._quarantining)
+            if loop._quarantining:
+                self.transport._close_socket()      # see _RecvOp.on_close
         return 0
 
 
@@ -209,6 +211,14 @@ cdef class _RecvOp(UringOp):
         finally:
             if entered:
                 PyContext_Exit(<PyObject*>context)
+        return 0
+
+    cdef int on_close(self, RingLoop loop) except -1:
+        # Quarantined by loop.close(): the request keeps its transport
+        # alive forever, so the garbage collector would never close the
+        # socket; close it now (the kernel holds its own file reference).
+        if loop._quarantining and self.transport is not None:
+            self.transport._close_socket()
         return 0
 
 
@@ -247,7 +257,7 @@ cdef class StreamTransport(RingTransport):
 
     def __repr__(self):
         info = self._repr_head()
-        if self._sock is not None:
+        if self._state != TS_CLOSED:
             info.append('read=' + ('paused' if self._paused else 'active'))
             info.append(f'write=<{"busy" if self._send_op is not None else "idle"}, '
                         f'bufsize={self._buffer_size()}>')
@@ -266,13 +276,12 @@ cdef class StreamTransport(RingTransport):
         self._buffered = (self._ssl is not None
                           or isinstance(protocol, aio_protocols_BufferedProtocol))
         self._protocol = protocol
-        self._protocol_connected = True
 
     def is_reading(self):
-        return not self._closing and not self._paused
+        return self._state == TS_OPEN and not self._paused
 
     def pause_reading(self):
-        if self._closing or self._paused:
+        if self._state != TS_OPEN or self._paused:
             return
         self._paused = True
         self._stop_recv()
@@ -280,7 +289,7 @@ cdef class StreamTransport(RingTransport):
             logger.debug("%r pauses reading", self)
 
     def resume_reading(self):
-        if self._closing or not self._paused:
+        if self._state != TS_OPEN or not self._paused:
             return
         self._paused = False
         # asyncio adds a new reader handle here: from now on data is
@@ -299,7 +308,7 @@ cdef class StreamTransport(RingTransport):
         self._loop._call_soon(self._start_reading_cb, None, None)
 
     cdef _start_reading(self):
-        if self._closing or self._paused or self._read_eof or self._sock is None:
+        if self._state != TS_OPEN or self._paused or self._read_eof:
             return
         if self._recv_op is None or self._recv_op.ud == 0:
             self._arm_recv()
@@ -332,11 +341,6 @@ cdef class StreamTransport(RingTransport):
         loop._submit(self._recv_op, sqe)
         self._recv_cancelled = False
 
-    cdef _stop_recv(self):
-        if self._recv_op is not None and self._recv_op.ud and not self._recv_cancelled:
-            self._recv_cancelled = True
-            self._loop._cancel(self._recv_op)
-
     cdef _on_recv(self, int32_t res, uint32_t flags):
         cdef RingLoop loop = self._loop
         cdef bint final = not (flags & IORING_CQE_F_MORE)
@@ -350,7 +354,7 @@ cdef class StreamTransport(RingTransport):
         elif res > 0:
             data = self._rbuf
         try:
-            if res > 0 and self._conn_lost == 0 and self._protocol is not None:
+            if res > 0 and self._state < TS_LOST and self._protocol is not None:
                 stash = self._paused or bool(self._paused_data)
                 if self._buffered and not stash:
                     self._deliver(data, res, None)
@@ -367,7 +371,7 @@ cdef class StreamTransport(RingTransport):
         finally:
             if pending_buf:
                 loop._recycle_buf(bid)
-        if not final or self._conn_lost or self._sock is None:
+        if not final or self._state >= TS_LOST:
             return
         if res == 0:
             if self._paused or self._paused_data:
@@ -409,7 +413,7 @@ cdef class StreamTransport(RingTransport):
                 self._fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
             return 0
         # BufferedProtocol: copy straight into the protocol's buffer(s).
-        while n > 0 and not self._conn_lost:
+        while n > 0 and self._state < TS_LOST:
             try:
                 buf = self._protocol.get_buffer(-1)
                 if not len(buf):
@@ -436,7 +440,7 @@ cdef class StreamTransport(RingTransport):
 
     def _deliver_paused(self):
         cdef bytes data
-        while self._paused_data and not self._paused and not self._conn_lost:
+        while self._paused_data and not self._paused and self._state < TS_LOST:
             item = self._paused_data.pop(0)
             if item is None:
                 self._on_eof()
@@ -493,13 +497,11 @@ cdef class StreamTransport(RingTransport):
         n = PyBytes_GET_SIZE(data)
         if n == 0:
             return
-        if self._conn_lost:
-            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning('socket.send() raised exception.')
-            self._conn_lost += 1
+        if self._state >= TS_LOST:
+            self._drop_write()
             return
-        # After close() with data still buffered (so _conn_lost is still 0),
-        # asyncio keeps queueing: the bytes go out before connection_lost().
+        # After close() with data still buffered (TS_CLOSING), asyncio keeps
+        # queueing: the bytes go out before connection_lost().
         if self._inline_ok(n) and self._send_inline(data, n):
             return
         self._enqueue(data, n)
@@ -600,8 +602,8 @@ cdef class StreamTransport(RingTransport):
         if pinned.view.len == 0:
             handle._set_sent(None)
             pinned._unref()
-        elif self._conn_lost:
-            self._conn_lost += 1
+        elif self._state >= TS_LOST:
+            self._dropped_writes += 1
             handle._set_sent(ConnectionResetError('Connection lost'))
             pinned._unref()
         else:
@@ -613,16 +615,15 @@ cdef class StreamTransport(RingTransport):
         return True
 
     def write_eof(self):
-        if self._closing or self._eof:
+        if self._state != TS_OPEN or self._eof:
             return
         self._eof = True
-        if self._send_op is None and self._queue_bytes == 0:
+        if not self._sending():
             self._shutdown_write()
 
-    def _shutdown_write(self):
-        if self._shutdown_done or self._sock is None:
-            return
-        self._shutdown_done = True
+    cdef _shutdown_write(self):
+        # Once: write_eof() with nothing left to send, or the drain after it
+        # (no write is accepted after write_eof()).
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -701,7 +702,7 @@ cdef class StreamTransport(RingTransport):
         cdef io_uring_sqe *sqe
         cdef int niov
         self._flush_queued = False
-        if self._send_op is not None or self._queue_bytes == 0 or self._sock is None:
+        if self._send_op is not None or self._queue_bytes == 0 or self._state >= TS_LOST:
             return
         op = self._batch()
         niov = len(op.entries)
@@ -817,7 +818,7 @@ cdef class StreamTransport(RingTransport):
             self._inflight_bytes = 0
         if not (flags & IORING_CQE_F_MORE):
             self._release_op(op)
-        if res == -ECANCELED or self._conn_lost:
+        if res == -ECANCELED or self._state >= TS_LOST:
             _settle_popped(op, res if res > 0 else 0,
                            ConnectionAbortedError('Transport aborted'))
             self._after_drain()
@@ -832,7 +833,11 @@ cdef class StreamTransport(RingTransport):
                 return
             exc = _send_error(res)
             _settle_popped(op, 0, exc)
-            self._fatal_error(exc, 'Fatal write error on socket transport')
+            if self._is_pipe:
+                self._dropped_writes += 1       # asyncio's write pipe counts a failed write
+                self._fatal_error(exc, 'Fatal write error on pipe transport')
+            else:
+                self._fatal_error(exc, 'Fatal write error on socket transport')
             return
         done = res
         if op.zc:
@@ -882,7 +887,7 @@ cdef class StreamTransport(RingTransport):
         self._queue_offset = (op.offset if i == 0 else 0) + (done - pos)
 
     cdef _after_drain(self):
-        if self._conn_lost:
+        if self._state >= TS_LOST:
             return
         if self._queue_bytes:
             if not self._flush_queued:
@@ -894,7 +899,7 @@ cdef class StreamTransport(RingTransport):
                 self._empty_waiter.set_result(None)
             if self._eof:
                 self._shutdown_write()
-            if self._closing and self._send_op is None:
+            if self._state == TS_CLOSING and self._send_op is None:
                 # asyncio resumes the protocol before connection_lost().
                 self._maybe_resume_protocol()
                 if self._queue_bytes == 0:  # resume_writing() may write more
@@ -978,7 +983,7 @@ cdef class StreamTransport(RingTransport):
         if self._empty_waiter is not None:
             raise RuntimeError('Empty waiter is already set')
         self._empty_waiter = self._loop.create_future()
-        if self._send_op is None and self._queue_bytes == 0:
+        if not self._sending():
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 
@@ -988,20 +993,33 @@ cdef class StreamTransport(RingTransport):
     # ------------------------------------------------------------------
     # Closing
 
-    def close(self):
-        if self._closing:
-            return
-        self._closing = True
-        self._stop_recv()
-        if self._send_op is None and self._queue_bytes == 0:
-            self._schedule_connection_lost(None)
+    # The close path is RingTransport's (transport.pyx "close state");
+    # here is what a stream adds to it.
 
-    cdef bint _reset_if_pinned(self):
+    cdef _stop_recv(self):
+        if self._recv_op is not None and self._recv_op.ud and not self._recv_cancelled:
+            self._recv_cancelled = True
+            self._loop._cancel(self._recv_op)
+
+    cdef bint _sending(self):
+        return self._send_op is not None or self._queue_bytes != 0
+
+    cdef _abort_writes(self, object exc):
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+        self._drop_queue(_CANCELLED if exc is None else exc)
+        self._rst_if_pinned()
+        if self._send_op is not None:
+            self._loop._cancel(self._send_op)
+            # Its bytes are dropped too: asyncio's buffer is empty at once.
+            self._inflight_bytes = 0
+
+    cdef bint _rst_if_pinned(self):
         """If the peer still holds zero-copy pages of ours, make the close an
         RST (SO_LINGER 0) instead of a FIN, so unacknowledged skbs let go of
         them, also when the request that pinned them has completed
         (docs/design.md "close/abort").  True if it did."""
-        if not self._zc_pinned or self._sock is None:
+        if not self._zc_pinned or self._state == TS_CLOSED:
             return False
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -1009,18 +1027,13 @@ cdef class StreamTransport(RingTransport):
             pass
         return True
 
-    cpdef _force_close(self, object exc):
-        if self._conn_lost:
-            return
-        if self._empty_waiter is not None and not self._empty_waiter.done():
-            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
-        self._drop_queue(_CANCELLED if exc is None else exc)
-        self._reset_if_pinned()
-        if self._send_op is not None:
-            self._loop._cancel(self._send_op)
-        self._closing = True
-        self._stop_recv()
-        self._schedule_connection_lost(exc)
+    cdef bint _reset(self):
+        # loop.close(): the notifications of pinned pages come once the
+        # connection is gone, and a quarantined request would keep the fd.
+        if not self._rst_if_pinned():
+            return False
+        self._close_socket()
+        return True
 
     def _call_connection_lost(self, exc):
         # Fail what is still waiting for the kernel's first CQE.

@@ -37,9 +37,9 @@ cdef class RingTransport:
         """The opening of every transport's repr, as asyncio's: class,
         closed/closing, fd."""
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if self._state == TS_CLOSED:
             info.append('closed')
-        elif self._closing:
+        elif self._state != TS_OPEN:
             info.append('closing')
         info.append(f'fd={self._fd}')
         return info
@@ -140,18 +140,11 @@ cdef class RingTransport:
     def zc_stats(self):
         return {}
 
-    def is_closing(self):
-        return self._closing
-
     def set_protocol(self, protocol):
         self._protocol = protocol
-        self._protocol_connected = True
 
     def get_protocol(self):
         return self._protocol
-
-    def abort(self):
-        self._force_close(None)
 
     # -- write-buffer flow control (asyncio.transports._FlowControlMixin)
 
@@ -202,21 +195,58 @@ cdef class RingTransport:
             })
         self._force_close(exc)
 
-    cpdef _force_close(self, object exc):
-        # Subclasses drop queued data and cancel their ring operations first.
-        if self._conn_lost:
+    # -- close state (docs/design.md "close/abort").  _state only moves
+    # forward, and only in these methods:
+    #   close()                       OPEN -> CLOSING, or -> LOST if nothing is left to send
+    #   _schedule_connection_lost()   -> LOST (a drained CLOSING, a read pipe's EOF)
+    #   _force_close(): abort(), _fatal_error(), a write pipe's hangup
+    #                                 OPEN/CLOSING -> LOST
+    #   _call_connection_lost()       connection_lost(), then _close_socket(): -> CLOSED
+    #   _reset(): loop.close()        -> CLOSED if zero-copy pages are still pinned
+    # The transport kinds fill in _stop_recv(), _sending() and _abort_writes().
+
+    def is_closing(self):
+        return self._state != TS_OPEN
+
+    def close(self):
+        if self._state != TS_OPEN:
             return
-        self._closing = True
+        self._state = TS_CLOSING
+        self._stop_recv()
+        if not self._sending():
+            self._schedule_connection_lost(None)
+
+    def abort(self):
+        self._force_close(None)
+
+    cpdef _force_close(self, object exc):
+        if self._state >= TS_LOST:
+            return
+        self._abort_writes(exc)
+        if self._state == TS_OPEN:      # else close() stopped reading already
+            self._stop_recv()
         self._schedule_connection_lost(exc)
 
+    cdef _stop_recv(self):
+        pass
+
+    cdef bint _sending(self):
+        return False
+
+    cdef _abort_writes(self, object exc):
+        pass
+
     cdef _schedule_connection_lost(self, object exc):
-        self._conn_lost += 1
+        self._state = TS_LOST
         self._loop._call_soon(self._call_connection_lost, (exc,), None)
 
     def _call_connection_lost(self, exc):
+        # Scheduled by _schedule_connection_lost(), or called at once where
+        # asyncio does (a datagram transport's close() once drained).
+        if self._state < TS_LOST:
+            self._state = TS_LOST
         try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+            self._protocol.connection_lost(exc)
         finally:
             self._close_socket()
             self._protocol = None
@@ -225,21 +255,41 @@ cdef class RingTransport:
                 self._server = None
                 server._detach(self)
 
-    cdef _flush(self):
-        # Called by the loop for transports in loop._pending_flush, just
-        # before it enters the kernel: submit what was queued meanwhile.
-        pass
-
     cdef _close_socket(self):
         # The kernel keeps its own file reference for operations still in
         # flight, so closing the fd here is safe; nothing is submitted for
         # this fd afterwards.
-        if self._sock is None:
+        if self._state == TS_CLOSED:
             return
+        self._state = TS_CLOSED
         if self._loop is not None and self._loop._transports.get(self._fd) is self:
             del self._loop._transports[self._fd]
-        self._sock.close()
-        self._sock = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    cdef _drop_write(self):
+        # A write() after the connection was lost is dropped.  asyncio's
+        # socket transports count the loss itself and every such write
+        # (their _conn_lost) and warn once the count reaches
+        # LOG_THRESHOLD_FOR_CONNLOST_WRITES: from that many dropped writes on.
+        self._dropped_writes += 1
+        if self._dropped_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            logger.warning('socket.send() raised exception.')
+
+    cdef _on_loop_close(self):
+        # loop.close(), before the ring is drained: what is queued never goes out.
+        pass
+
+    cdef bint _reset(self):
+        # loop.close(), after the drain: a transport that the kernel still
+        # holds pages of drops its connection (stream.pyx); True if it did.
+        return False
+
+    cdef _flush(self):
+        # Called by the loop for transports in loop._pending_flush, just
+        # before it enters the kernel: submit what was queued meanwhile.
+        pass
 
 
 cdef inline bint _enter_context(object context):

@@ -203,14 +203,14 @@ cdef class DatagramTransport(RingTransport):
     # -- receive
 
     def _start_reading(self):
-        if self._closing or self._sock is None:
+        if self._state != TS_OPEN:
             return
         self._arm_recv()
 
     cdef _arm_recv(self):
         cdef _DgramRecv op = self._recv
         cdef io_uring_sqe *sqe
-        if op is None or op.ud or self._closing:
+        if op is None or op.ud or self._state != TS_OPEN:
             return
         op.iov.iov_base = op.buf
         op.iov.iov_len = op.bufsize
@@ -227,7 +227,7 @@ cdef class DatagramTransport(RingTransport):
         op.transport = self
 
     cdef _on_recv(self, _DgramRecv op, int32_t res, uint32_t flags):
-        if self._closing or res == -ECANCELED:
+        if self._state != TS_OPEN or res == -ECANCELED:
             return
         if res >= 0:
             # MSG_TRUNC: res is what fit in the buffer, which is what
@@ -250,12 +250,12 @@ cdef class DatagramTransport(RingTransport):
         self._arm_recv()
 
     def _deliver(self, data, addr):
-        if self._conn_lost:
+        if self._state >= TS_LOST:
             return
         self._protocol.datagram_received(data, addr)
 
     def _deliver_error(self, exc):
-        if self._conn_lost:
+        if self._state >= TS_LOST:
             return
         self._protocol.error_received(exc)
 
@@ -280,13 +280,11 @@ cdef class DatagramTransport(RingTransport):
                     f'Invalid address: must be None or {self._address}')
             addr = self._address
 
-        if self._conn_lost:
+        if self._state >= TS_LOST:
             # asyncio counts (and after a threshold, logs) writes to a lost
             # connected endpoint; an unconnected one is treated the same way
             # here instead of failing on its closed socket.
-            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning('socket.send() raised exception.')
-            self._conn_lost += 1
+            self._drop_write()
             return
 
         op = _DgramSend.__new__(_DgramSend)
@@ -349,7 +347,7 @@ cdef class DatagramTransport(RingTransport):
 
     cdef _fill(self):
         cdef Py_ssize_t n = 0
-        if self._inflight or self._wpoll is not None or self._conn_lost:
+        if self._inflight or self._wpoll is not None or self._state >= TS_LOST:
             return
         while self._queue and n < _DGRAM_CHAIN_MAX:
             n += 1
@@ -444,7 +442,7 @@ cdef class DatagramTransport(RingTransport):
             self._schedule_flush()
         if (self._send_errors or
                 (self._protocol_paused and self._buf_bytes <= self._low_water) or
-                (self._closing and not self._conn_lost and not self._queue)):
+                (self._state == TS_CLOSING and not self._queue)):
             self._schedule_send_cb()
 
     cdef _requeue(self, _DgramSend op, uint32_t flags):
@@ -484,7 +482,7 @@ cdef class DatagramTransport(RingTransport):
     cdef _arm_wpoll(self):
         cdef _DgramWritable op
         cdef io_uring_sqe *sqe
-        if self._wpoll is not None or self._conn_lost:
+        if self._wpoll is not None or self._state >= TS_LOST:
             return
         op = _DgramWritable.__new__(_DgramWritable)
         sqe = self._loop._sqe()
@@ -496,7 +494,7 @@ cdef class DatagramTransport(RingTransport):
     cdef _on_writable(self, _DgramWritable op, int32_t res):
         if self._wpoll is op:
             self._wpoll = None
-        if self._conn_lost:
+        if self._state >= TS_LOST:
             return
         # On a poll error, the sends themselves report what is wrong.
         self._schedule_flush()
@@ -514,31 +512,28 @@ cdef class DatagramTransport(RingTransport):
         self._send_errors = []
         try:
             for exc in errors:
-                if self._conn_lost:
+                if self._state >= TS_LOST:
                     break
                 self._protocol.error_received(exc)
         finally:
-            if not self._conn_lost:
+            if self._state < TS_LOST:
                 self._maybe_resume_protocol()
-                if self._closing and not self._inflight and not self._queue:
-                    self._conn_lost += 1
+                if self._state == TS_CLOSING and not self._sending():
                     self._call_connection_lost(None)
 
     cdef Py_ssize_t _buffer_size(self):
         return self._buf_bytes
 
-    # -- closing
+    # -- closing: RingTransport's path (transport.pyx "close state"), what
+    # a datagram transport adds to it
 
-    def close(self):
-        if self._closing:
-            return
-        self._closing = True
+    cdef _stop_recv(self):
         self._loop._cancel(self._recv)
-        if not self._inflight and not self._queue:
-            self._conn_lost += 1
-            self._loop._call_soon(self._call_connection_lost, (None,), None)
 
-    cdef _cancel_all(self):
+    cdef bint _sending(self):
+        return bool(self._inflight) or bool(self._queue)
+
+    cdef _abort_writes(self, object exc):
         # Drop queued datagrams and cancel the ones on the ring (asyncio's
         # abort clears its buffer); their bytes stay with the ops until the
         # final CQEs.
@@ -555,16 +550,6 @@ cdef class DatagramTransport(RingTransport):
                 self._loop._cancel(op)
         self._buf_bytes = 0
         self._send_errors = []
-
-    cpdef _force_close(self, object exc):
-        if self._conn_lost:
-            return
-        self._cancel_all()
-        if not self._closing:
-            self._closing = True
-            self._loop._cancel(self._recv)
-        self._conn_lost += 1
-        self._loop._call_soon(self._call_connection_lost, (exc,), None)
 
     # -- zero-copy statistics; tuning is in RingTransport
 
