@@ -345,12 +345,12 @@ def build_parser():
                     "of the per-run ratios (run i of each loop against run i of the base, taken "
                     "back to back). The loop is forced on any Python child (python, pytest, "
                     f"uvicorn ...) via a sitecustomize shim and {LOOP_ENV}.",
-        epilog="Programs that stream over loopback TCP: their speed depends on the "
-               "machine's TCP congestion control (sysctl net.ipv4.tcp_congestion_control; "
-               "bbr on loopback reorders and retransmits, cubic does not; set it per socket "
-               "with TCP_CONGESTION or in the sysctl for both runs) and, on a virtual "
-               "machine, on a state of the host that can change over tens of seconds. Use "
-               "more --runs, and trust a ratio only when it holds across them "
+        epilog="Programs that stream over loopback TCP: one other busy process on the "
+               "machine (a build, a test run) halves them while it runs, so compare on a "
+               "quiet machine; and their speed depends on the TCP congestion control "
+               "(sysctl net.ipv4.tcp_congestion_control: bbr on loopback reorders and "
+               "retransmits, cubic does not), so keep it the same for every loop. Trust a "
+               "ratio only when it holds across --runs "
                "(docs/benchmarks.md, 'The two modes of large transfers').",
         usage="python -m zcloop compare [options] -- COMMAND ...")
     cmp.add_argument("--loops", default="asyncio,uvloop,zcloop",
