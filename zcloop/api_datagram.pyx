@@ -139,11 +139,7 @@ class _DatagramAPI:
                              "(%r, %r)",
                              remote_addr, transport, protocol)
 
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
+        await _transport_ready(transport, waiter)
 
         return transport, protocol
 

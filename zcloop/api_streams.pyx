@@ -8,6 +8,17 @@ cdef object _make_stream_transport(RingLoop loop, object sock, object protocol,
     return transport
 
 
+async def _transport_ready(transport, waiter):
+    # A new transport's waiter settles after connection_made(); if it fails
+    # or the awaiting task is cancelled, the transport is closed (asyncio's
+    # create_connection, create_datagram_endpoint, connect_*_pipe).
+    try:
+        await waiter
+    except:
+        transport.close()
+        raise
+
+
 def _make_ssl_transport(RingLoop loop, rawsock, protocol, sslcontext, waiter=None, *,
                         server_side=False, server_hostname=None, extra=None, server=None,
                         ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
@@ -295,11 +306,7 @@ class _StreamsAPI:
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
         else:
             transport = _make_stream_transport(self, sock, protocol, waiter, None, None)
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
+        await _transport_ready(transport, waiter)
         return transport, protocol
 
     async def create_server(self, protocol_factory, host=None, port=None, *,
