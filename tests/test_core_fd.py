@@ -657,3 +657,92 @@ def test_sock_recv_pending_socket_closed(loop):
     finally:
         b.close()
     assert errors == []
+
+
+# -- sock_*() on an fd that a live transport owns.  asyncio checks (RuntimeError
+# 'File descriptor ... is used by transport') only when the first,
+# non-blocking try would block, right before it waits; a first try that
+# succeeds is never refused.
+
+OWNED = r'^File descriptor \d+ is used by transport '
+
+
+async def _owned_stream(loop, sock):
+    """A stream transport on sock (paused: the test's data stays queued)."""
+    tr, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock)
+    tr.pause_reading()
+    return tr
+
+
+def _fill(sock):
+    """Send until the socket's buffer is full."""
+    try:
+        while True:
+            sock.send(b'f' * 65536)
+    except BlockingIOError:
+        pass
+
+
+_STREAM_CALLS = {
+    'sock_recv': lambda loop, a: loop.sock_recv(a, 10),
+    'sock_recv_into': lambda loop, a: loop.sock_recv_into(a, bytearray(10)),
+    'sock_sendall': lambda loop, a: loop.sock_sendall(a, b'x'),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('meth', sorted(_STREAM_CALLS))
+def test_sock_call_would_block_on_transport_fd(run, meth):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        with b:
+            tr = await _owned_stream(loop, a)
+            if meth == 'sock_sendall':
+                _fill(a)
+            try:
+                with pytest.raises(RuntimeError, match=OWNED):
+                    await asyncio.wait_for(_STREAM_CALLS[meth](loop, a), 10)
+            finally:
+                tr.close()
+                await asyncio.sleep(0)
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_sock_recv_ready_on_transport_fd(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        with b:
+            tr = await _owned_stream(loop, a)
+            try:
+                b.send(b'ready')
+                got = await asyncio.wait_for(loop.sock_recv(a, 10), 10)
+                await asyncio.wait_for(loop.sock_sendall(a, b'room'), 10)
+                return got, b.recv(10)
+            finally:
+                tr.close()
+                await asyncio.sleep(0)
+    assert run(main) == (b'ready', b'room')
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('meth', ['sock_recvfrom', 'sock_recvfrom_into'])
+def test_sock_recvfrom_would_block_on_transport_fd(run, meth):
+    async def main():
+        loop = asyncio.get_running_loop()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(('127.0.0.1', 0))
+        tr, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=u)
+        try:
+            call = (loop.sock_recvfrom(u, 10) if meth == 'sock_recvfrom'
+                    else loop.sock_recvfrom_into(u, bytearray(10)))
+            with pytest.raises(RuntimeError, match=OWNED):
+                await asyncio.wait_for(call, 10)
+        finally:
+            tr.close()
+            await asyncio.sleep(0)
+    run(main)

@@ -5,7 +5,7 @@ from cpython.object cimport PyObject
 
 from .includes.liburing cimport (
     io_uring, io_uring_sqe, uring_cqe, io_uring_buf_ring, __kernel_timespec, iovec, msghdr,
-    sockaddr, REAP_BATCH, OP_TABLE_SIZE)
+    sockaddr, statx, REAP_BATCH, OP_TABLE_SIZE)
 
 cdef class RingLoop
 cdef class WritePipeTransport

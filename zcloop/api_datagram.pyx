@@ -139,11 +139,7 @@ class _DatagramAPI:
                              "(%r, %r)",
                              remote_addr, transport, protocol)
 
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
+        await _transport_ready(transport, waiter)
 
         return transport, protocol
 
@@ -152,46 +148,26 @@ class _DatagramAPI:
         return _new_datagram_transport(<RingLoop>self, sock, protocol, address, waiter, extra)
 
     async def _dgram_connect(self, sock, address):
-        # connect() of a datagram socket completes at once (it only records
-        # the peer); wait on the ring only if the kernel says otherwise.
-        cdef RingLoop loop = <RingLoop>self
-        try:
-            sock.connect(address)
-            return
-        except (BlockingIOError, InterruptedError):
-            pass
-        await ring_poll(loop, sock.fileno(), POLLOUT)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err != 0:
-            raise OSError(err, f'Connect call failed {address}')
+        # asyncio's sock_connect() without the ring: connect() of a datagram
+        # socket completes at once (it only records the peer); wait only if
+        # the kernel says otherwise.
+        if sock_try(<RingLoop>self, sock, sock.connect, (address,)) is WOULD_BLOCK:
+            await sock_retry(<RingLoop>self, sock, POLLOUT, _sock_connected, (sock, address))
 
-    # -- datagram socket coroutines
+    # -- datagram socket coroutines (handles/futureops.pyx: sock_try,
+    # sock_retry).  Never a SENDMSG or RECVMSG on the ring: the kernel may
+    # take or fill a datagram before a cancel reaches it, so a cancelled call
+    # could still send or consume one; a cancelled poll does neither.
 
     async def sock_sendto(self, sock, data, address):
         """Send a datagram from sock to address.
 
         Return the number of bytes sent.
         """
-        cdef RingLoop loop = <RingLoop>self
-        _check_ssl_socket(sock)
-        if loop._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        try:
-            return sock.sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        # The socket buffer is full: wait for POLLOUT, then sendto(), as
-        # asyncio does.  Never a SENDMSG on the ring: that would still send
-        # after a cancellation of this call (the kernel may have taken the
-        # datagram before the cancel arrives); a cancelled poll sends nothing.
-        while True:
-            await ring_poll(loop, fd, POLLOUT)
-            try:
-                return sock.sendto(data, address)
-            except (BlockingIOError, InterruptedError):
-                pass
+        res = sock_try(<RingLoop>self, sock, sock.sendto, (data, address))
+        if res is WOULD_BLOCK:
+            res = await sock_retry(<RingLoop>self, sock, POLLOUT, sock.sendto, (data, address))
+        return res
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram from a datagram socket.
@@ -201,23 +177,10 @@ class _DatagramAPI:
         The maximum amount of data to be received at once is specified by
         nbytes.
         """
-        cdef RingLoop loop = <RingLoop>self
-        _check_ssl_socket(sock)
-        if loop._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        try:
-            return sock.recvfrom(bufsize)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        # Poll, then read: a cancelled wait has consumed nothing.
-        while True:
-            await ring_poll(loop, fd, POLLIN)
-            try:
-                return sock.recvfrom(bufsize)
-            except (BlockingIOError, InterruptedError):
-                pass
+        res = sock_try(<RingLoop>self, sock, sock.recvfrom, (bufsize,))
+        if res is WOULD_BLOCK:
+            res = await sock_retry(<RingLoop>self, sock, POLLIN, sock.recvfrom, (bufsize,))
+        return res
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive data from the socket.
@@ -225,21 +188,9 @@ class _DatagramAPI:
         The received data is written into *buf* (a writable buffer).
         The return value is a tuple of (number of bytes written, address).
         """
-        cdef RingLoop loop = <RingLoop>self
-        _check_ssl_socket(sock)
-        if loop._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
         if not nbytes:
             nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        while True:
-            await ring_poll(loop, fd, POLLIN)
-            try:
-                return sock.recvfrom_into(buf, nbytes)
-            except (BlockingIOError, InterruptedError):
-                pass
+        res = sock_try(<RingLoop>self, sock, sock.recvfrom_into, (buf, nbytes))
+        if res is WOULD_BLOCK:
+            res = await sock_retry(<RingLoop>self, sock, POLLIN, sock.recvfrom_into, (buf, nbytes))
+        return res

@@ -8,6 +8,17 @@ cdef object _make_stream_transport(RingLoop loop, object sock, object protocol,
     return transport
 
 
+async def _transport_ready(transport, waiter):
+    # A new transport's waiter settles after connection_made(); if it fails
+    # or the awaiting task is cancelled, the transport is closed (asyncio's
+    # create_connection, create_datagram_endpoint, connect_*_pipe).
+    try:
+        await waiter
+    except:
+        transport.close()
+        raise
+
+
 def _make_ssl_transport(RingLoop loop, rawsock, protocol, sslcontext, waiter=None, *,
                         server_side=False, server_hostname=None, extra=None, server=None,
                         ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
@@ -19,53 +30,6 @@ def _make_ssl_transport(RingLoop loop, rawsock, protocol, sslcontext, waiter=Non
         ssl_shutdown_timeout=ssl_shutdown_timeout)
     _make_stream_transport(loop, rawsock, ssl_protocol, None, extra, server)
     return ssl_protocol._app_transport
-
-
-cdef class _PathOp(_FutureOp):
-    # STATX or UNLINKAT of a path on the ring (create_unix_server): a stat of
-    # a socket path can block (network filesystems), and tools that flag
-    # blocking calls in the loop thread only forgive asyncio's own frames.
-    # The kernel reads `path` and fills `buf` until the final CQE.
-    cdef bytes path
-    cdef object filename
-    cdef statx buf
-
-    cdef object _result(self, int32_t res):
-        return self.buf.stx_mode, self.buf.stx_ino
-
-    cdef object _error(self, int32_t res):
-        # os.stat()'s exception: FileNotFoundError etc., with the filename.
-        return OSError(-res, os.strerror(-res), self.filename)
-
-
-async def _ring_stat(RingLoop loop, path):
-    """(st_mode, st_ino) of path, as os.stat() (which it is without STATX)."""
-    cdef _PathOp op
-    cdef io_uring_sqe *sqe
-    if not loop._op_ok(IORING_OP_STATX):
-        st = os.stat(path)
-        return st.st_mode, st.st_ino
-    op = _PathOp()
-    op.path = os.fsencode(path)
-    op.filename = path
-    sqe = loop._sqe()
-    io_uring_prep_statx(sqe, AT_FDCWD, op.path, 0, STATX_TYPE | STATX_INO, &op.buf)
-    return await op._track_future(loop, sqe)
-
-
-async def _ring_unlink(RingLoop loop, path):
-    """os.remove(path) on the ring."""
-    cdef _PathOp op
-    cdef io_uring_sqe *sqe
-    if not loop._op_ok(IORING_OP_UNLINKAT):
-        os.remove(path)
-        return
-    op = _PathOp()
-    op.path = os.fsencode(path)
-    op.filename = path
-    sqe = loop._sqe()
-    io_uring_prep_unlinkat(sqe, AT_FDCWD, op.path, 0)
-    await op._track_future(loop, sqe)
 
 
 # asyncio's "error while attempting to bind on address ...: <detail>"
@@ -98,6 +62,38 @@ def _interleave_addrinfos(addrinfos, first_address_family_count=1):
     return reordered
 
 
+def _accept_nonblocking(sock):
+    # sock_accept()'s call: asyncio hands out the connection non-blocking.
+    conn, address = sock.accept()
+    conn.setblocking(False)
+    return conn, address
+
+
+cdef class _SendAll:
+    # sock_sendall()'s call: send() what is left; WOULD_BLOCK until all is
+    # sent (sock_retry then waits for POLLOUT and calls again).
+    cdef object sock
+    cdef object data
+    cdef object view        # once a send fell short: the rest counts from here
+    cdef Py_ssize_t sent
+
+    def __cinit__(self, sock, data):
+        self.sock = sock
+        self.data = data
+
+    def __call__(self):
+        if self.view is None:
+            # As asyncio: data itself first (its TypeError, if any).
+            self.sent = self.sock.send(self.data)
+            view = memoryview(self.data)
+            if self.sent == view.nbytes:
+                return None
+            self.view = view.cast('B') if view.itemsize != 1 else view  # send() counts bytes
+            return WOULD_BLOCK
+        self.sent += self.sock.send(self.view[self.sent:])
+        return None if self.sent == len(self.view) else WOULD_BLOCK
+
+
 class _StreamsAPI:
 
     async def _ensure_resolved(self, address, *, family=0, type=socket.SOCK_STREAM,
@@ -113,9 +109,7 @@ class _StreamsAPI:
 
     async def sock_connect(self, sock, address):
         """Connect sock to a remote address (IORING_OP_CONNECT)."""
-        _check_ssl_socket(sock)
-        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
+        sock_check(<RingLoop>self, sock)
         if sock.family != socket.AF_UNIX:
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto)
@@ -127,11 +121,7 @@ class _StreamsAPI:
                 raise
             # A connect() is already under way (one whose sock_connect() was
             # cancelled): wait for its outcome, as asyncio does.
-        fd = sock.fileno()
-        await ring_poll(<RingLoop>self, fd, POLLOUT)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err != 0:
-            raise OSError(err, f'Connect call failed {address}')
+        await sock_retry(<RingLoop>self, sock, POLLOUT, _sock_connected, (sock, address))
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock.
@@ -140,41 +130,24 @@ class _StreamsAPI:
         non-blocking recv(): a cancelled sock_recv() consumes no data, as
         with asyncio.  (A RECV op racing a cancellation could.)
         """
-        _check_ssl_socket(sock)
-        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        while True:
-            try:
-                return sock.recv(n)
-            except (BlockingIOError, InterruptedError):
-                pass
-            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
+        res = sock_try(<RingLoop>self, sock, sock.recv, (n,))
+        if res is WOULD_BLOCK:
+            res = await sock_retry(<RingLoop>self, sock, POLLIN, sock.recv, (n,))
+        return res
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; return the number of bytes received."""
-        _check_ssl_socket(sock)
-        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        while True:
-            try:
-                return sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                pass
-            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
+        res = sock_try(<RingLoop>self, sock, sock.recv_into, (buf,))
+        if res is WOULD_BLOCK:
+            res = await sock_retry(<RingLoop>self, sock, POLLIN, sock.recv_into, (buf,))
+        return res
 
     async def sock_accept(self, sock):
         """Accept a connection: return (conn, address), conn non-blocking."""
-        _check_ssl_socket(sock)
-        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        while True:
-            try:
-                conn, address = sock.accept()
-                conn.setblocking(False)
-                return conn, address
-            except (BlockingIOError, InterruptedError):
-                pass
-            await ring_poll(<RingLoop>self, sock.fileno(), POLLIN)
+        res = sock_try(<RingLoop>self, sock, _accept_nonblocking, (sock,))
+        if res is WOULD_BLOCK:
+            res = await sock_retry(<RingLoop>self, sock, POLLIN, _accept_nonblocking, (sock,))
+        return res
 
     async def sock_sendall(self, sock, data):
         """Send all of data with non-blocking send() calls, waiting for
@@ -184,26 +157,9 @@ class _StreamsAPI:
         go on sending.  As with asyncio, a cancelled sock_sendall() has sent
         a prefix of data and sends nothing more.
         """
-        _check_ssl_socket(sock)
-        if (<RingLoop>self)._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        view = memoryview(data)
-        if sent == view.nbytes:
-            return
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        if view.itemsize != 1:
-            view = view.cast('B')       # send() counts bytes
-        while sent < len(view):
-            await ring_poll(<RingLoop>self, fd, POLLOUT)
-            try:
-                sent += sock.send(view[sent:])
-            except (BlockingIOError, InterruptedError):
-                pass
+        cdef _SendAll send_all = _SendAll(sock, data)
+        if sock_try(<RingLoop>self, sock, send_all, ()) is WOULD_BLOCK:
+            await sock_retry(<RingLoop>self, sock, POLLOUT, send_all, ())
 
     async def _connect_sock(self, exceptions, addr_info, local_addr_infos=None):
         """Create, bind and connect one socket."""
@@ -350,11 +306,7 @@ class _StreamsAPI:
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
         else:
             transport = _make_stream_transport(self, sock, protocol, waiter, None, None)
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
+        await _transport_ready(transport, waiter)
         return transport, protocol
 
     async def create_server(self, protocol_factory, host=None, port=None, *,
@@ -525,8 +477,8 @@ class _StreamsAPI:
             # task is cancelled meanwhile.
             if path[0] not in (0, '\x00'):
                 try:
-                    if stat.S_ISSOCK((await _ring_stat(self, path))[0]):
-                        await _ring_unlink(self, path)
+                    if stat.S_ISSOCK((await ring_stat(self, path))[0]):
+                        await ring_unlink(self, path)
                 except FileNotFoundError:
                     pass
                 except OSError as err:
@@ -554,7 +506,7 @@ class _StreamsAPI:
             if sockname and sockname[0] not in (0, '\x00'):
                 try:
                     (<RingLoop>self)._unix_server_sockets[sock] = \
-                        (await _ring_stat(self, sockname))[1]
+                        (await ring_stat(self, sockname))[1]
                 except (FileNotFoundError, TypeError):
                     pass
                 except BaseException:

@@ -100,11 +100,7 @@ class _PipesAPI:
         waiter = self.create_future()
         transport = transport_class.__new__(transport_class)
         transport._init(self, pipe, protocol, waiter, None)
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
+        await _transport_ready(transport, waiter)
         if (<RingLoop>self)._debug:
             logger.debug('%s pipe %r connected: (%r, %r)', kind, pipe.fileno(), transport,
                          protocol)

@@ -17,3 +17,10 @@ cdef class _ConnectOp(_FutureOp):
 
 cdef class _SpliceOp(_FutureOp):
     pass
+
+
+cdef class _PathOp(_FutureOp):
+    cdef:
+        bytes path
+        object filename
+        statx buf
