@@ -22,6 +22,7 @@ from harness import BenchError, Server, TLSMaterial, run_load
 from run import FULL, Settings, cpu_per_op, define_workloads, throughput
 
 CONTENDERS = ("base", "new", "uvloop")
+QUIET_WAIT = 60  # seconds, as run.py's --quiet-wait
 DEFAULT_ROWS = (r"echo protocol (1|10)KiB c(10|100)$|echo streams 1KiB c10$"
                 r"|aiohttp hello wrk")
 
@@ -33,7 +34,9 @@ def one_sample(workload, contender, base, settings, cc):
     server = Server(workload.server, loop, tls=tls, root=root,
                     cc=cc if workload.sets_cc else None)
     try:
-        sample = run_load(workload.command(server.port, settings, cc=cc), server=server)
+        sample = harness.take_quietly(
+            lambda: run_load(workload.command(server.port, settings, cc=cc), server=server),
+            QUIET_WAIT)
     finally:
         server.stop()
     return throughput(sample, workload.unit), cpu_per_op(sample, workload)

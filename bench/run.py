@@ -37,8 +37,6 @@ LOOPS = ("asyncio", "uvloop", "zcloop")
 #: Client CPU time / window wall time at which a row counts as client-bound.
 CLIENT_BOUND_BUSY = 0.9
 KiB, MiB = 1024, 1024 * 1024
-#: Times a sample is taken again when the load generator was not alone on its CPU.
-RETAKES = 2
 
 
 @dataclass(frozen=True)
@@ -295,17 +293,9 @@ class Suite:
                 server.stop()
 
     def measure(self, workload, contender, server):
-        """One sample, on a quiet machine: wait (up to --quiet-wait seconds)
-        until nothing else runs, and take it again (twice at most) when
-        another process held the load generator's CPU during the window."""
-        for attempt in range(1 + RETAKES):
-            waited = harness.wait_for_quiet(self.quiet_wait)
-            sample = self.measure_once(workload, contender, server)
-            sample["quiet_wait_s"] = None if waited is None else round(waited, 1)
-            sample["retakes"] = attempt
-            if (sample.get("client_wait") or 0) <= harness.CLIENT_WAIT_MAX:
-                break
-        return sample
+        """One sample, on a quiet machine (harness.take_quietly)."""
+        return harness.take_quietly(lambda: self.measure_once(workload, contender, server),
+                                    self.quiet_wait)
 
     def measure_once(self, workload, contender, server):
         if server is None:  # micro benchmark: the program itself runs on the loop
