@@ -118,6 +118,51 @@ class LineReader:
         return line.decode(errors="replace").strip()
 
 
+TCP_RMEM = Path("/proc/sys/net/ipv4/tcp_rmem")
+#: While a run has changed tcp_rmem, its original value is kept here, so that
+#: a run killed before it could restore it is undone by the next one.
+TCP_RMEM_SAVED = Path(tempfile.gettempdir()) / "zcbench-tcp_rmem.orig"
+
+
+class ReceiveBufferAtMax:
+    """For the rows with a stop-and-wait stream of large messages (one-way):
+    every TCP socket made meanwhile starts with the largest receive buffer
+    autotuning may reach (net.ipv4.tcp_rmem's default set to its maximum;
+    restored on exit).  Otherwise each connection's window grows from 128 KiB
+    in its own way and lands in one of two throughputs for its whole life
+    (docs/benchmarks.md, "The two modes of large transfers").  Needs root;
+    `self.value` is the setting used, None if it could not be changed."""
+
+    def __init__(self):
+        self.value = self.original = None
+
+    def __enter__(self):
+        restore_tcp_rmem()
+        try:
+            self.original = TCP_RMEM.read_text().split()
+            low, _, high = self.original
+            TCP_RMEM_SAVED.write_text(" ".join(self.original))
+            TCP_RMEM.write_text(f"{low} {high} {high}")
+            self.value = f"{low} {high} {high}"
+        except (OSError, ValueError):
+            self.original = None
+            TCP_RMEM_SAVED.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.original:
+            restore_tcp_rmem()
+
+
+def restore_tcp_rmem():
+    """Put back a tcp_rmem that a run changed and did not restore."""
+    try:
+        TCP_RMEM.write_text(TCP_RMEM_SAVED.read_text())
+        TCP_RMEM_SAVED.unlink()
+    except FileNotFoundError:
+        pass
+
+
 #: A sample is taken on a quiet machine: at most this share of one CPU used
 #: by anything (the idle servers and this harness included) just before it.
 QUIET_BUSY = 0.10

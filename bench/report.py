@@ -192,7 +192,10 @@ def markdown(results, charts):
         f"{settings['duration']} s after {settings['warmup']} s warm-up (wrk: "
         f"{settings['http_duration']} s); 'vs {base}': median [range] of the ratios of "
         f"the same rounds; TCP congestion control of the echo_client rows: "
-        f"{settings.get('cc', 'system')}.",
+        f"{settings.get('cc', 'system')}"
+        + (f"; one-way rows with net.ipv4.tcp_rmem = "
+           f"{', '.join(sorted(set(map(str, settings['tcp_rmem_one_way'].values()))))}"
+           if isinstance(settings.get("tcp_rmem_one_way"), dict) else "") + ".",
         "",
     ]
     rows = results["rows"]

@@ -69,6 +69,8 @@ class Workload:
     per_mib: bool = False  # server CPU per MiB transferred instead of per op
     stats: bool = False   # record the STATS the server prints per connection
                           # (source-protocol and source-pool kinds)
+    rmem_at_max: bool = False  # sockets start with the largest receive buffer
+                               # (harness.ReceiveBufferAtMax)
 
     def __post_init__(self):
         if self.reference and (self.server not in REFERENCE_MODES or self.tls):
@@ -125,7 +127,7 @@ def define_workloads(quick):
     for api, size in oneway_cells:
         rows.append(Workload("oneway", f"one-way {api} {size_label(size)}", f"sink-{api}", (
             "{bin}/echo_client", "-m", "oneway", "-p", "{port}", "-c", "1", "-s", str(size),
-            "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True))
+            "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True, rmem_at_max=True))
 
     # Send side: the server streams SIZE-byte messages to a receive-only
     # client (echo_client -m source), with pause_writing()/resume_writing()
@@ -208,9 +210,11 @@ def cpu_per_op(sample, workload):
 
 class Suite:
     def __init__(self, workloads, loops, settings, syscalls, build_error, cc=None,
-                 quiet_wait=60):
+                 quiet_wait=60, rmem_at_max=True):
         self.workloads, self.loops, self.settings = workloads, loops, settings
         self.quiet_wait = quiet_wait
+        self.rmem_at_max = rmem_at_max
+        self.rmem_used = {}  # server kind -> the tcp_rmem its group ran with
         self.cc = cc  # TCP congestion control of the echo_client rows; None: the machine's
         self.syscalls = syscalls
         self.build_error = build_error
@@ -245,6 +249,13 @@ class Suite:
             with contextlib.ExitStack() as stack:
                 skipped = {w.name: unavailable_reason(w, self.build_error) for w in workloads}
                 namespace = None
+                if self.rmem_at_max and any(w.rmem_at_max for w in workloads):
+                    rmem = stack.enter_context(harness.ReceiveBufferAtMax())
+                    if rmem.value is None:
+                        print("warning: cannot set net.ipv4.tcp_rmem (not root?): the one-way "
+                              "rows' connections keep the machine's receive buffer start",
+                              file=sys.stderr, flush=True)
+                    self.rmem_used[kind] = rmem.value
                 if netns and not all(skipped.values()):
                     try:
                         namespace = stack.enter_context(NetNamespace())
@@ -375,6 +386,10 @@ def main():
     parser.add_argument("--quiet-wait", type=float, default=60, metavar="S",
                         help="before each sample wait up to S seconds for the machine to be "
                              "quiet (default: %(default)s; 0: only check)")
+    parser.add_argument("--rmem", choices=("max", "system"), default="max",
+                        help="one-way rows: start every connection's receive buffer at "
+                             "tcp_rmem's maximum for their duration (root; default), or keep "
+                             "the machine's setting (docs/benchmarks.md)")
     parser.add_argument("--syscalls", action="store_true",
                         help="one extra sample per cell under `perf stat` for syscalls/op")
     parser.add_argument("--publish", metavar="DIR", nargs="?", const=str(publish.DEFAULT_DEST),
@@ -424,7 +439,8 @@ def main():
     # What is measured is the tree as it is now: edits made while the run
     # goes on must not mark it dirty (or clean).
     versions = harness.versions()
-    suite = Suite(workloads, loops, settings, args.syscalls, build_error, cc, args.quiet_wait)
+    suite = Suite(workloads, loops, settings, args.syscalls, build_error, cc, args.quiet_wait,
+                  args.rmem == "max")
     suite.run()
     results = {
         "date": started.isoformat(timespec="seconds"),
@@ -433,6 +449,7 @@ def main():
         "versions": versions,
         "settings": {**asdict(settings), "quick": args.quick, "syscalls": args.syscalls,
                      "only": args.only, "quiet_wait": args.quiet_wait,
+                     "tcp_rmem_one_way": suite.rmem_used or args.rmem,
                      "cc": cc or f"system ({harness.default_congestion_control()})"},
         "loops": loops,
         "rows": suite.results(),
