@@ -1,8 +1,9 @@
 # Stream transports (TCP, Unix, pipes' socket cousins) on the ring.
 #
 # Writes (docs/design.md "Write path"): write() on an idle socket send()s at
-# once (INLINE_SEND_ALWAYS_MIN bytes and more always, less once per light
-# iteration); otherwise the data is queued, and once per loop iteration the queue goes
+# once (INLINE_SEND_EVERY_MIN bytes and more always; less once per
+# iteration: in a light one, or for INLINE_SEND_ALWAYS_MIN bytes and more in
+# any); otherwise the data is queued, and once per loop iteration the queue goes
 # out as ONE request (SEND / SENDMSG, or SEND_ZC for a large payload to
 # another host or a write_zc() buffer), always with MSG_WAITALL, at most one
 # request per socket in flight.
@@ -13,11 +14,15 @@
 
 cdef Py_ssize_t IOV_MAX_SEGMENTS = 1024
 cdef Py_ssize_t QUEUE_SLOTS_KEPT = 64       # free send-queue slots kept for reuse
-# write()s this large send() at once on an idle socket, in any iteration and
-# however many came before in it: copied to the socket while still in cache
-# (10 KiB x 100 echo: 0.88x -> 1.02x), and a stream of large writes is not
-# held back one iteration per write (docs/design.md "Large writes").
+# write()s this large may send() at once even in a busy iteration: copied
+# to the socket while still in cache (10 KiB x 100 echo: 0.88x -> 1.02x).
 cdef Py_ssize_t INLINE_SEND_ALWAYS_MIN = 8 * 1024
+# write()s this large send() at once on an idle socket however many came
+# before them in the iteration: a stream of large writes is not held back an
+# iteration per write, and at the default high-water mark a queued one would
+# pause the writer anyway, so there is nothing to coalesce it with
+# (docs/design.md "Large writes").
+cdef Py_ssize_t INLINE_SEND_EVERY_MIN = 64 * 1024
 cdef Py_ssize_t ZC_MAX_REQUEST = 1024 * 1024      # memlock is charged up front (docs/design.md "Zero-copy")
 _LINGER_RESET = struct.pack('ii', 1, 0)         # struct linger: on, 0 s: close sends RST
 cdef Py_ssize_t SEND_MAX_REQUEST = 0x7ffff000      # MAX_RW_COUNT: one request's bytes
@@ -511,24 +516,26 @@ cdef class StreamTransport(RingTransport):
     cdef bint _inline_ok(self, Py_ssize_t n):
         """May write() send ``n`` bytes now (_send_inline)?  Only on an idle
         socket (nothing queued or in flight), and not when the bytes may go
-        zero-copy: INLINE_SEND_ALWAYS_MIN bytes or more always; fewer only
-        once per loop iteration, in a light iteration (RingLoop._inline_sends)."""
+        zero-copy: INLINE_SEND_EVERY_MIN bytes or more always; fewer once per
+        loop iteration, in a light iteration (RingLoop._inline_sends) or for
+        INLINE_SEND_ALWAYS_MIN bytes or more."""
         return (self._send_op is None and self._queue_bytes == 0 and not self._is_pipe and
-                (n >= INLINE_SEND_ALWAYS_MIN or
-                 (self._loop._inline_sends and
+                (n >= INLINE_SEND_EVERY_MIN or
+                 ((self._loop._inline_sends or n >= INLINE_SEND_ALWAYS_MIN) and
                   self._inline_iteration != self._loop._iteration)) and
                 not (self._zc_admits(n, True) and self._zc_peer_remote()))
 
     cdef bint _send_inline(self, bytes data, Py_ssize_t n) except -1:
         """The first write() of a light iteration (RingLoop._inline_sends), or
-        one of INLINE_SEND_ALWAYS_MIN bytes or more, on an idle socket:
+        one of INLINE_SEND_ALWAYS_MIN bytes or more, or any write of
+        INLINE_SEND_EVERY_MIN bytes or more, on an idle socket:
         send() it now, as asyncio and uvloop do, and queue what the socket
         does not take.  The peer gets the data while this
         loop goes on with its other callbacks (1 KiB x 10 echo: -11% CPU per
         request against queueing it for the iteration's io_uring_enter()),
         and a large payload is copied to the socket while still in cache
-        (100 KiB x 10 echo: 0.82x -> 1.0x uvloop).  Later small writes of
-        the same iteration are queued and coalesced into one request.  False:
+        (100 KiB x 10 echo: 0.82x -> 1.0x uvloop).  Later writes under
+        INLINE_SEND_EVERY_MIN of the same iteration are queued and coalesced into one request.  False:
         nothing sent (EAGAIN)."""
         cdef ssize_t sent
         cdef int err
