@@ -35,6 +35,10 @@ prints per round what each candidate cause looked like:
                             90th percentile round trip of a one-byte pipe
                             ping-pong between the two CPUs, µs (a cross-CPU
                             wake-up each way, as sender and receiver do)
+  xfer GB/s                 bench/bin/vcpu_probe just before the round: data
+                            written on the client's CPU and copied out on the
+                            server's, 50 ms (the host's placement of the two
+                            vCPUs: a shared cache or not)
   srv ss / cli ss           `ss -tin` of the server's and the client's end,
                             taken once, in the middle of the window:
                             q=Send-Q/Recv-Q; the sender's congestion control,
@@ -243,6 +247,7 @@ def measure_round(server, args, settings):
         "others_ms": [(b - a) * ticks_ms for a, b in zip(before["others"], after["others"])],
         "speed": probe["speed"] if probe else None,
         "wakeup_us": [probe["wakeup_p50_us"], probe["wakeup_p90_us"]] if probe else None,
+        "xfer_gbs": probe.get("xfer_gbs") if probe else None,
     }
 
 
@@ -261,7 +266,7 @@ def pair(values, digits=0):
     return "/".join(f"{v:,.{digits}f}" for v in values[:2]) if values else "-"
 
 
-HEADER = ("| round | MB/s | µs/MiB | others ms | speed0/speed1 | wake p50/p90 µs "
+HEADER = ("| round | MB/s | µs/MiB | others ms | speed0/speed1 | wake p50/p90 µs | xfer GB/s "
           "| srv wait/cli busy/cli wait "
           "| idle0/idle1 ms | rx0/rx1 | pkt0/pkt1 | dropped/squeezed | si0/si1 ms "
           "| st0/st1 ms | MHz0/MHz1 | TCP counters | srv ss | cli ss |")
@@ -273,7 +278,9 @@ def row(label, r):
                      for v in (r["contention"], r["client_busy"], r.get("client_wait")))
     return (f"| {label} | {r['mb_s']:,.0f} | {cpu} | {pair(r['others_ms'])} | "
             f"{pair(r['speed'])} | "
-            f"{pair(r['wakeup_us'])} | {waits} | {pair(r['idle_ms'])} | "
+            f"{pair(r['wakeup_us'])} | "
+            f"{'-' if r.get('xfer_gbs') is None else format(r['xfer_gbs'], '.1f')} | "
+            f"{waits} | {pair(r['idle_ms'])} | "
             f"{pair(r['net_rx'])} | "
             f"{pair(r['processed'])} | {r['dropped']:,.0f}/{r['squeezed']:,.0f} | "
             f"{pair(r['softirq_ms'])} | {pair(r['steal_ms'])} | {pair(r['mhz'])} | "
@@ -307,6 +314,7 @@ def side_means(rounds):
             "others_ms": [mean([r["others_ms"][i] for r in rounds]) for i in range(2)],
             "wakeup_us": [mean([r["wakeup_us"][i] for r in rounds if r["wakeup_us"]])
                           for i in range(2)],
+            "xfer_gbs": mean([r["xfer_gbs"] for r in rounds if r.get("xfer_gbs") is not None]),
             "ss": {}}
 
 

@@ -13,13 +13,23 @@
  *           blocked in read() wakes and answers on a second pipe: -n round
  *           trips, median and 90th percentile in µs.  Both threads sleep in
  *           between, as a loopback sender and receiver do.
+ *   xfer:   a thread on CPU B fills 64 KiB chunks of a 4 MiB ring, one on
+ *           CPU A copies each out (a loopback transfer without the kernel:
+ *           data written on one vCPU, read on the other) for -x ms; GB/s.
+ *           On a host that moves the two vCPUs between cores sharing a
+ *           cache and cores that do not, it changes several-fold from one
+ *           second to the next (docs/benchmarks.md, "Interleaved slices").
  *
- * usage: vcpu_probe [-a cpu] [-b cpu] [-t spin_ms] [-n round_trips]
- * prints: {"speed":[a,b],"share":[a,b],"wakeup_p50_us":x,"wakeup_p90_us":y}
+ * usage: vcpu_probe [-a cpu] [-b cpu] [-t spin_ms] [-n round_trips] [-x xfer_ms]
+ *        vcpu_probe -T seconds [-a cpu] [-b cpu]: only xfer, one figure per
+ *                   50 ms for that long (a timeline), space-separated GB/s
+ * prints: {"speed":[a,b],"share":[a,b],"wakeup_p50_us":x,"wakeup_p90_us":y,"xfer_gbs":z}
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +88,55 @@ static void *answerer(void *arg)
     return NULL;
 }
 
+#define XFER_CHUNK (64 * 1024)
+#define XFER_CHUNKS 64
+static char *xfer_ring;
+static atomic_long xfer_filled, xfer_taken;
+static atomic_int xfer_stop;
+
+static void *xfer_producer(void *arg)
+{
+    pin(cpus[1]);
+    char value = 0;
+    for (long i = 0; !atomic_load(&xfer_stop); i++) {
+        while (i - atomic_load(&xfer_taken) >= XFER_CHUNKS)
+            if (atomic_load(&xfer_stop))
+                return NULL;
+        memset(xfer_ring + (i % XFER_CHUNKS) * XFER_CHUNK, value++, XFER_CHUNK);
+        atomic_store(&xfer_filled, i + 1);
+    }
+    return NULL;
+}
+
+/* Cross-CPU copy rate, GB/s, over each of `n` windows of `window_s`. */
+static void xfer(double *rates, int n, double window_s)
+{
+    static char out[XFER_CHUNK];
+    xfer_ring = calloc(XFER_CHUNKS, XFER_CHUNK);
+    atomic_store(&xfer_filled, 0);
+    atomic_store(&xfer_taken, 0);
+    atomic_store(&xfer_stop, 0);
+    pthread_t producer;
+    pthread_create(&producer, NULL, xfer_producer, NULL);
+    pin(cpus[0]);
+    long taken = 0;
+    for (int w = 0; w < n; w++) {
+        double t0 = now(CLOCK_MONOTONIC), bytes = 0;
+        while (now(CLOCK_MONOTONIC) - t0 < window_s) {
+            while (atomic_load(&xfer_filled) <= taken)
+                ;
+            memcpy(out, xfer_ring + (taken % XFER_CHUNKS) * XFER_CHUNK, XFER_CHUNK);
+            __asm__ volatile("" : : "r"(out) : "memory"); /* keep the copy */
+            atomic_store(&xfer_taken, ++taken);
+            bytes += XFER_CHUNK;
+        }
+        rates[w] = bytes / (now(CLOCK_MONOTONIC) - t0) / 1e9;
+    }
+    atomic_store(&xfer_stop, 1);
+    pthread_join(producer, NULL);
+    free(xfer_ring);
+}
+
 static int cmp(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -87,18 +146,31 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "a:b:t:n:")) != -1) {
+    double xfer_ms = 50, timeline_s = 0;
+    while ((opt = getopt(argc, argv, "a:b:t:n:x:T:")) != -1) {
         if (opt == 'a') cpus[0] = atoi(optarg);
         else if (opt == 'b') cpus[1] = atoi(optarg);
         else if (opt == 't') spin_ms = atof(optarg);
         else if (opt == 'n') n_trips = atoi(optarg);
+        else if (opt == 'x') xfer_ms = atof(optarg);
+        else if (opt == 'T') timeline_s = atof(optarg);
         else {
-            fprintf(stderr, "usage: %s [-a cpu] [-b cpu] [-t spin_ms] [-n round_trips]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-a cpu] [-b cpu] [-t spin_ms] [-n round_trips] "
+                            "[-x xfer_ms] | -T seconds\n", argv[0]);
             return 2;
         }
     }
-    if (n_trips < 1 || spin_ms <= 0)
+    if (n_trips < 1 || spin_ms <= 0 || xfer_ms <= 0 || timeline_s < 0)
         return 2;
+    if (timeline_s > 0) {
+        int n = (int)(timeline_s / 0.05);
+        double *rates = malloc((n > 0 ? n : 1) * sizeof *rates);
+        xfer(rates, n, 0.05);
+        for (int i = 0; i < n; i++)
+            printf("%s%.1f", i ? " " : "", rates[i]);
+        printf("\n");
+        return 0;
+    }
     pthread_t t[2];
     pthread_barrier_init(&start, NULL, 2);
     for (int i = 0; i < 2; i++)
@@ -123,8 +195,10 @@ int main(int argc, char **argv)
     close(ping[1]);
     pthread_join(t[1], NULL);
     qsort(rtt, n_trips, sizeof *rtt, cmp);
+    double xfer_gbs;
+    xfer(&xfer_gbs, 1, xfer_ms / 1e3);
     printf("{\"speed\":[%.1f,%.1f],\"share\":[%.2f,%.2f],\"wakeup_p50_us\":%.1f,"
-           "\"wakeup_p90_us\":%.1f}\n", speed[0], speed[1], share[0], share[1],
-           rtt[n_trips / 2], rtt[n_trips * 9 / 10]);
+           "\"wakeup_p90_us\":%.1f,\"xfer_gbs\":%.1f}\n", speed[0], speed[1], share[0], share[1],
+           rtt[n_trips / 2], rtt[n_trips * 9 / 10], xfer_gbs);
     return 0;
 }
