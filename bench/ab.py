@@ -10,6 +10,9 @@ three share the machine's state of those seconds.  What it reports is the
 per-round ratio new/base (and new/uvloop): on a noisy VM the absolute numbers
 move 20% between rounds, the paired ratio far less.  Median and range over
 rounds are printed; trust an effect only where the range excludes 1.0.
+The one-way and send rows run the three servers at once under one
+rotate_client (interleaved slices, as in run.py); a round is a block of its
+slices.
 """
 import argparse
 import re
@@ -42,6 +45,30 @@ def one_sample(workload, contender, base, settings, cc):
     return throughput(sample, workload.unit), cpu_per_op(sample, workload)
 
 
+def rotation_samples(workload, base, settings, cc):
+    """A rotating row (one-way and send): the three servers at once, driven in
+    interleaved slices by one rotate_client; one (throughput, CPU) per block."""
+    servers = {}
+    try:
+        for contender in CONTENDERS:
+            servers[contender] = Server(
+                workload.server, "uvloop" if contender == "uvloop" else "zcloop",
+                root=base if contender == "base" else harness.ROOT,
+                cc=cc if workload.sets_cc else None)
+        command = workload.command(0, settings, cc=cc)
+
+        def take():
+            got = harness.run_rotation(command, servers, blocks=settings.rounds,
+                                       slices=settings.slices)
+            return {"client_wait": got["new"][0]["client_wait"], "by_contender": got}
+        by_contender = harness.take_quietly(take, QUIET_WAIT)["by_contender"]
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {c: [(throughput(s, workload.unit), cpu_per_op(s, workload)) for s in samples]
+            for c, samples in by_contender.items()}
+
+
 def spread(values):
     return f"{statistics.median(values):.3f} [{min(values):.3f}..{max(values):.3f}]"
 
@@ -71,7 +98,12 @@ def main():
           flush=True)
     for workload in rows:
         samples = {c: [] for c in CONTENDERS}
-        for r in range(args.rounds):
+        if workload.rotates:
+            try:
+                samples = rotation_samples(workload, args.base, settings, cc)
+            except BenchError as exc:
+                print(f"{workload.name}: failed: {exc}", flush=True)
+        for r in range(0 if workload.rotates else args.rounds):
             order = CONTENDERS[r % 3:] + CONTENDERS[:r % 3]
             try:
                 for contender in order:

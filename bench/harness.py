@@ -7,7 +7,9 @@ bench/ws_client.py, bench/micro.py) follows one output convention: optionally a
 line "window-start" when the measured window begins, then one JSON line with
 at least "ops" and "duration" when it ends.  The server's CPU time is sampled
 when each of those lines arrives (or at client start/exit when there is no
-"window-start").
+"window-start").  bench/c/rotate_client, the one-way and send rows' client,
+drives every contender's server at once and reads their CPU time itself
+(run_rotation).
 
 It also owns the two pieces of set-up some rows need: TLS certificates made at
 run time with trustme (tls_material), and a private network namespace joined
@@ -379,6 +381,44 @@ def run_load(command, *, server=None, env=None, cpu=CLIENT_CPU, timeout=60):
         contention=measured_wait / window if measured_wait is not None else None,
         client_wait=client_wait / window if client_wait is not None else None)
     return result
+
+
+#: Interleaved slices (bench/c/rotate_client): their length, and how many
+#: each server gets per row in a full run.
+SLICE_MS = 50
+SLICES = 300
+
+
+def run_rotation(command, servers, *, blocks, slices=SLICES, slice_ms=SLICE_MS, timeout=None):
+    """Run bench/c/rotate_client (`command`: its argv up to the targets)
+    against `servers` ({contender: Server}) at once, and return {contender:
+    [one sample per block]}: the samples run_load() would give for a window
+    made of that block's slices (bytes, duration, server_cpu, client_wait).
+    Blocks are consecutive stretches of the same seconds for every server,
+    so a block's ratios pair like a round's (docs/benchmarks.md,
+    "Interleaved slices")."""
+    for server in servers.values():
+        server.check_alive()
+    names = list(servers)
+    command = [*command, "-p", ",".join(str(servers[n].port) for n in names),
+               "-P", ",".join(str(servers[n].proc.pid) for n in names),
+               "-l", str(slice_ms), "-n", str(slices), "-b", str(blocks)]
+    if timeout is None:
+        timeout = 60 + 3 * slices * len(names) * slice_ms / 1e3
+    result = run_load(command, timeout=timeout)
+    if len(result.get("targets", ())) != len(names):
+        raise BenchError(f"rotate_client gave {len(result.get('targets', ()))} targets, "
+                         f"not {len(names)}")
+    samples = {}
+    for name, target in zip(names, result["targets"]):
+        cpu = target["cpu"] or [None] * blocks
+        samples[name] = [
+            {"bytes": target["bytes"][b], "duration": target["duration"][b],
+             "ops": target["bytes"][b] / result["size"], "server_cpu": cpu[b],
+             "client_busy": None, "contention": None,
+             "client_wait": result["client_wait"], "slices": slices // blocks}
+            for b in range(blocks)]
+    return samples
 
 
 def process_cpu(pid):

@@ -45,9 +45,11 @@ class Settings:
     duration: float       # measured window per sample, seconds
     warmup: float         # traffic before the window, seconds
     http_duration: float  # wrk has no warm-up: one longer window
+    slices: int = harness.SLICES  # rotate_client rows: slices per server, in `rounds` blocks
+    slice_ms: float = harness.SLICE_MS
 
 
-QUICK = Settings(rounds=3, duration=0.8, warmup=0.2, http_duration=2)
+QUICK = Settings(rounds=3, duration=0.8, warmup=0.2, http_duration=2, slices=60)
 FULL = Settings(rounds=3, duration=2.5, warmup=0.5, http_duration=5)
 
 
@@ -79,8 +81,15 @@ class Workload:
 
     @property
     def sets_cc(self):
-        """Both ends take --cc: the C load generator and the servers it talks to."""
-        return self.client[0] == "{bin}/echo_client"
+        """Both ends take --cc: the C load generators and the servers they talk to."""
+        return self.client[0] in ("{bin}/echo_client", "{bin}/rotate_client")
+
+    @property
+    def rotates(self):
+        """One rotate_client drives every contender's server in turn, in
+        interleaved slices (harness.run_rotation), instead of a client per
+        contender and round."""
+        return self.client[0] == "{bin}/rotate_client"
 
     def command(self, port, settings, netns=None, cc=None):
         duration = settings.http_duration if self.client[0] == "wrk" else settings.duration
@@ -122,15 +131,17 @@ def define_workloads(quick):
 
     # Every one-way row gets the C reference (uring_echo_server -m sink, the
     # same server for both APIs): --quick then still has one at each size.
+    # The one-way and send rows are measured in interleaved slices
+    # (rotate_client; docs/benchmarks.md, "Interleaved slices").
     oneway_cells = ([("protocol", MiB), ("streams", 16 * MiB)] if quick else
                     [(api, size) for api in ("protocol", "streams") for size in (MiB, 16 * MiB)])
     for api, size in oneway_cells:
         rows.append(Workload("oneway", f"one-way {api} {size_label(size)}", f"sink-{api}", (
-            "{bin}/echo_client", "-m", "oneway", "-p", "{port}", "-c", "1", "-s", str(size),
-            "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True, rmem_at_max=True))
+            "{bin}/rotate_client", "-m", "oneway", "-h", "{host}", "-s", str(size)), "MB/s",
+            reference=True, rmem_at_max=True))
 
     # Send side: the server streams SIZE-byte messages to a receive-only
-    # client (echo_client -m source), with pause_writing()/resume_writing()
+    # client (rotate_client -m source), with pause_writing()/resume_writing()
     # (Protocol) or write(); await drain() (Streams); the C reference keeps one
     # SEND of the whole message in flight (uring_echo_server -m source).
     send_cells = ([("protocol", MiB), ("streams", 16 * MiB)] if quick else
@@ -138,9 +149,8 @@ def define_workloads(quick):
                    for size in (64 * KiB, MiB, 16 * MiB)])
     for api, size in send_cells:
         rows.append(Workload("send", f"send {api} {size_label(size)}", f"source-{api}", (
-            "{bin}/echo_client", "-m", "source", "-h", "{host}", "-p", "{port}", "-c", "1",
-            "-s", str(size), "-d", "{duration}", "-w", "{warmup}"), "MB/s", reference=True,
-            per_mib=True))
+            "{bin}/rotate_client", "-m", "source", "-h", "{host}", "-s", str(size)), "MB/s",
+            reference=True, per_mib=True))
 
     # TLS: the Protocol echo server with an ssl.SSLContext, the C client over OpenSSL.
     for size in (KiB, 100 * KiB):
@@ -280,8 +290,13 @@ class Suite:
                     print(f"{kind} on {contender}: {exc}", file=sys.stderr, flush=True)
         self.netns = netns
         try:
+            for workload in workloads:
+                if workload.rotates:
+                    self.measure_rotation(workload, servers, skipped[workload.name], failures)
             for round_index in range(self.settings.rounds):
                 for workload in workloads:
+                    if workload.rotates:
+                        continue
                     order = self.contenders(workload)
                     # Rotate the order each round so no loop always goes first.
                     shift = round_index % len(order)
@@ -296,12 +311,52 @@ class Suite:
                         self.progress(workload, contender, f"round {round_index + 1}", sample)
             if self.syscalls and kind is not None:
                 for workload in workloads:
+                    if workload.rotates:
+                        continue  # its client drives every server at once
                     for contender in self.contenders(workload):
                         if not (skipped[workload.name] or contender in failures):
                             self.count_syscalls(workload, contender, servers[contender])
         finally:
             for server in servers.values():
                 server.stop()
+
+    def measure_rotation(self, workload, servers, skipped, failures):
+        """All rounds of a rotating row with one rotate_client: every
+        contender's server in turn, one block of slices per round."""
+        contenders = self.contenders(workload)
+        live = {c: servers[c] for c in contenders
+                if not skipped and c not in failures and c in servers}
+        error, taken = skipped, None
+        if live:
+            command = workload.command(0, self.settings, self.netns, self.cc)
+
+            def take():
+                by_contender = harness.run_rotation(
+                    command, live, blocks=self.settings.rounds, slices=self.settings.slices,
+                    slice_ms=self.settings.slice_ms)
+                some = next(iter(by_contender.values()))
+                return {"client_wait": some[0]["client_wait"], "by_contender": by_contender}
+            try:
+                taken = harness.take_quietly(take, self.quiet_wait)
+            except BenchError as exc:
+                error, taken = str(exc), None
+        for contender in contenders:
+            if taken and contender in taken["by_contender"]:
+                samples = taken["by_contender"][contender]
+            else:
+                samples = [{"error": error or failures.get(contender) or "no server"}
+                           ] * self.settings.rounds
+            for index, sample in enumerate(samples):
+                if "error" not in sample:
+                    sample.update(quiet_wait_s=taken["quiet_wait_s"], retakes=taken["retakes"],
+                                  throughput=throughput(sample, workload.unit),
+                                  cpu_us_per_op=cpu_per_op(sample, workload),
+                                  client_bound=False)
+                self.samples[workload.name][contender].append(sample)
+                self.progress(workload, contender, f"block {index + 1}", sample)
+        for contender, server in live.items():
+            if server.proc.poll() is not None:
+                failures[contender] = "server exited"
 
     def measure(self, workload, contender, server):
         """One sample, on a quiet machine (harness.take_quietly)."""
@@ -378,9 +433,14 @@ def main():
     parser.add_argument("--duration", type=float,
                         help="override the measured window of the echo_client and micro rows, "
                              "seconds (more, shorter rounds pair better on a noisy machine)")
+    parser.add_argument("--slices", type=int,
+                        help="one-way and send rows: slices per server and row (default: "
+                             f"{FULL.slices}, --quick {QUICK.slices}; {FULL.slice_ms:g} ms each; "
+                             "docs/benchmarks.md, 'Interleaved slices')")
     parser.add_argument("--cc", default="cubic", metavar="NAME",
                         help="TCP congestion control of both ends of the rows driven by "
-                             "bench/bin/echo_client (TCP_CONGESTION per socket; the machine's "
+                             "bench/bin/echo_client and rotate_client (TCP_CONGESTION per "
+                             "socket; the machine's "
                              "default is not changed); 'system': the machine's default. "
                              "Default: %(default)s (docs/benchmarks.md, 'Congestion control')")
     parser.add_argument("--quiet-wait", type=float, default=60, metavar="S",
@@ -405,9 +465,12 @@ def main():
     if not loops or set(loops) - set(LOOPS):
         parser.error(f"--loops takes a comma-separated subset of {', '.join(LOOPS)}")
     settings = QUICK if args.quick else FULL
-    if args.rounds or args.duration:
+    if args.rounds or args.duration or args.slices:
         settings = Settings(args.rounds or settings.rounds, args.duration or settings.duration,
-                            settings.warmup, settings.http_duration)
+                            settings.warmup, settings.http_duration,
+                            args.slices or settings.slices)
+    if settings.slices < settings.rounds:
+        parser.error("--slices must be at least --rounds (a round is a block of slices)")
     workloads = define_workloads(args.quick)
     if args.only:
         pattern = re.compile(args.only)
