@@ -349,8 +349,11 @@ def build_parser():
                "machine (a build, a test run) halves them while it runs, so compare on a "
                "quiet machine; and their speed depends on the TCP congestion control "
                "(sysctl net.ipv4.tcp_congestion_control: bbr on loopback reorders and "
-               "retransmits, cubic does not), so keep it the same for every loop. Trust a "
-               "ratio only when it holds across --runs "
+               "retransmits, cubic does not), so keep it the same for every loop. On a VM "
+               "the host can change the speed of a loopback transfer several-fold from one "
+               "second to the next (docs/benchmarks.md, 'Interleaved slices'): there, use "
+               "many short runs (--runs 20 or more) and trust a ratio only when its range "
+               "over them holds "
                "(docs/benchmarks.md, 'The two modes of large transfers').",
         usage="python -m zcloop compare [options] -- COMMAND ...")
     cmp.add_argument("--loops", default="asyncio,uvloop,zcloop",
