@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import socket
+import struct
 import threading
 import weakref
 
@@ -335,6 +336,53 @@ def test_pause_reading_holds_eof(loop_factory):
         assert not tr.is_reading()          # closed transports don't read
         return pr.events
     assert run(loop_factory, main) == ['made', 'data', 'eof', 'lost']
+
+
+def test_pause_reading_holds_reset(read_path_factory):
+    """A reset arriving while paused is reported only after resume_reading()
+    (asyncio does not read a paused socket)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, conn = await raw_peer(loop)
+        tr.pause_reading()
+        conn.sendall(b'x' * 300_000)
+        await asyncio.sleep(0.05)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        conn.close()
+        await asyncio.sleep(0.1)
+        while_paused = list(pr.events)
+        tr.resume_reading()
+        exc = await asyncio.wait_for(pr.lost, 5)
+        return while_paused, pr.events[-1], type(exc).__name__
+    assert run(read_path_factory, main) == (['made'], 'lost', 'ConnectionResetError')
+
+
+def test_paused_transport_stops_reading(read_path_factory):
+    """While paused, a transport does not read without bound: a peer writing
+    as fast as it can meets a full window, then gets everything on resume."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, pr, conn = await raw_peer(loop)
+        tr.pause_reading()
+        conn.setblocking(False)
+        chunk, sent = b'y' * 65536, 0
+        deadline = loop.time() + 5
+        while loop.time() < deadline:
+            try:
+                sent += conn.send(chunk)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)   # let the loop run: is it reading?
+                try:
+                    sent += conn.send(chunk)
+                except BlockingIOError:
+                    break
+        blocked = loop.time() < deadline
+        assert pr.events == ['made']
+        tr.resume_reading()
+        await pr.wait_bytes(sent)
+        conn.close()
+        return blocked, sent < 64 * 1024 * 1024, len(pr.data) == sent
+    assert run(read_path_factory, main) == (True, True, True)
 
 
 # ----------------------------------------------------------------------
