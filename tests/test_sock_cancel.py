@@ -4,6 +4,7 @@ consumed nothing, a cancelled accept has accepted nothing, and a cancelled
 sock_sendall() has sent a prefix of its data and sends nothing more, so the
 peer sees that prefix followed by exactly the next call's bytes."""
 import asyncio
+import errno
 import os
 import socket
 
@@ -228,3 +229,28 @@ def test_cancel_sock_connect_then_connect_again(run):
                     for conn in conns:
                         conn.close()
     assert run(main) is True
+
+
+def test_sock_connect_on_a_connected_socket(run, loop_factory):
+    """The documented deviation (docs/design.md, sock_connect): a second
+    sock_connect() returns None on asyncio only because its first call left
+    the kernel's connect half-way and the second connect() finishes it; on
+    zcloop the socket is connected and connect() fails with EISCONN.  A
+    third call fails with EISCONN on both."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        outcomes = []
+        with socket.socket() as lsock, socket.socket() as s:
+            lsock.bind(('127.0.0.1', 0))
+            lsock.listen()
+            s.setblocking(False)
+            addr = lsock.getsockname()
+            await loop.sock_connect(s, addr)
+            for _ in range(2):
+                try:
+                    outcomes.append(await loop.sock_connect(s, addr))
+                except OSError as exc:
+                    outcomes.append(exc.errno)
+        return outcomes
+    second = None if loop_factory is asyncio.SelectorEventLoop else errno.EISCONN
+    assert run(main) == [second, errno.EISCONN]
