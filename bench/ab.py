@@ -55,13 +55,9 @@ def rotation_samples(workload, base, settings, cc):
                 workload.server, "uvloop" if contender == "uvloop" else "zcloop",
                 root=base if contender == "base" else harness.ROOT,
                 cc=cc if workload.sets_cc else None)
-        command = workload.command(0, settings, cc=cc)
-
-        def take():
-            got = harness.run_rotation(command, servers, blocks=settings.rounds,
-                                       slices=settings.slices)
-            return {"client_wait": got["new"][0]["client_wait"], "by_contender": got}
-        by_contender = harness.take_quietly(take, QUIET_WAIT)["by_contender"]
+        by_contender = harness.run_rotation_quietly(
+            workload.command(0, settings, cc=cc), servers, QUIET_WAIT, blocks=settings.rounds,
+            slices=settings.slices)
     finally:
         for server in servers.values():
             server.stop()

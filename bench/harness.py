@@ -415,10 +415,23 @@ def run_rotation(command, servers, *, blocks, slices=SLICES, slice_ms=SLICE_MS, 
         samples[name] = [
             {"bytes": target["bytes"][b], "duration": target["duration"][b],
              "ops": target["bytes"][b] / result["size"], "server_cpu": cpu[b],
-             "client_busy": None, "contention": None,
-             "client_wait": result["client_wait"], "slices": slices // blocks}
+             "client_busy": None, "contention": None, "client_wait": result["client_wait"]}
             for b in range(blocks)]
     return samples
+
+
+def run_rotation_quietly(command, servers, quiet_wait, **kwargs):
+    """run_rotation() through take_quietly(): on a quiet machine, taken again
+    when the load generator was not alone; every sample records the wait and
+    the retakes."""
+    def take():
+        got = run_rotation(command, servers, **kwargs)
+        return {"client_wait": next(iter(got.values()))[0]["client_wait"], "got": got}
+    taken = take_quietly(take, quiet_wait)
+    for samples in taken["got"].values():
+        for sample in samples:
+            sample.update(quiet_wait_s=taken["quiet_wait_s"], retakes=taken["retakes"])
+    return taken["got"]
 
 
 def process_cpu(pid):

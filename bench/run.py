@@ -326,30 +326,24 @@ class Suite:
         contenders = self.contenders(workload)
         live = {c: servers[c] for c in contenders
                 if not skipped and c not in failures and c in servers}
-        error, taken = skipped, None
+        error, measured = skipped, {}
         if live:
-            command = workload.command(0, self.settings, self.netns, self.cc)
-
-            def take():
-                by_contender = harness.run_rotation(
-                    command, live, blocks=self.settings.rounds, slices=self.settings.slices,
-                    slice_ms=self.settings.slice_ms)
-                some = next(iter(by_contender.values()))
-                return {"client_wait": some[0]["client_wait"], "by_contender": by_contender}
             try:
-                taken = harness.take_quietly(take, self.quiet_wait)
+                measured = harness.run_rotation_quietly(
+                    workload.command(0, self.settings, self.netns, self.cc), live,
+                    self.quiet_wait, blocks=self.settings.rounds, slices=self.settings.slices,
+                    slice_ms=self.settings.slice_ms)
             except BenchError as exc:
-                error, taken = str(exc), None
+                error = str(exc)
         for contender in contenders:
-            if taken and contender in taken["by_contender"]:
-                samples = taken["by_contender"][contender]
+            if contender in measured:
+                samples = measured[contender]
             else:
                 samples = [{"error": error or failures.get(contender) or "no server"}
                            ] * self.settings.rounds
             for index, sample in enumerate(samples):
                 if "error" not in sample:
-                    sample.update(quiet_wait_s=taken["quiet_wait_s"], retakes=taken["retakes"],
-                                  throughput=throughput(sample, workload.unit),
+                    sample.update(throughput=throughput(sample, workload.unit),
                                   cpu_us_per_op=cpu_per_op(sample, workload),
                                   client_bound=False)
                 self.samples[workload.name][contender].append(sample)
