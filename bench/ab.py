@@ -10,9 +10,9 @@ three share the machine's state of those seconds.  What it reports is the
 per-round ratio new/base (and new/uvloop): on a noisy VM the absolute numbers
 move 20% between rounds, the paired ratio far less.  Median and range over
 rounds are printed; trust an effect only where the range excludes 1.0.
-The one-way and send rows run the three servers at once under one
-rotate_client (interleaved slices, as in run.py); a round is a block of its
-slices.
+The one-way, send and zero-copy write rows run the three servers at once
+under one rotate_client (interleaved slices, as in run.py); a round is a
+block of its slices.
 """
 import argparse
 import re

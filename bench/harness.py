@@ -7,9 +7,9 @@ bench/ws_client.py, bench/micro.py) follows one output convention: optionally a
 line "window-start" when the measured window begins, then one JSON line with
 at least "ops" and "duration" when it ends.  The server's CPU time is sampled
 when each of those lines arrives (or at client start/exit when there is no
-"window-start").  bench/c/rotate_client, the one-way and send rows' client,
-drives every contender's server at once and reads their CPU time itself
-(run_rotation).
+"window-start").  bench/c/rotate_client, the client of the one-way, send and
+zero-copy rows, drives every contender's server at once and reads their CPU
+time itself (run_rotation).
 
 It also owns the two pieces of set-up some rows need: TLS certificates made at
 run time with trustme (tls_material), and a private network namespace joined
@@ -389,20 +389,26 @@ SLICE_MS = 50
 SLICES = 300
 
 
-def run_rotation(command, servers, *, blocks, slices=SLICES, slice_ms=SLICE_MS, timeout=None):
+def run_rotation(command, servers, *, methods=None, blocks, slices=SLICES, slice_ms=SLICE_MS,
+                 timeout=None):
     """Run bench/c/rotate_client (`command`: its argv up to the targets)
-    against `servers` ({contender: Server}) at once, and return {contender:
-    [one sample per block]}: the samples run_load() would give for a window
-    made of that block's slices (bytes, duration, server_cpu, client_wait).
-    Blocks are consecutive stretches of the same seconds for every server,
-    so a block's ratios pair like a round's (docs/benchmarks.md,
+    against `servers` ({target: Server}; several targets may share a server:
+    one connection each) at once, and return {target: [one sample per
+    block]}: the samples run_load() would give for a window made of that
+    block's slices (bytes, duration, server_cpu, client_wait).  `methods`
+    ({target: 'w' or 'z'}, source mode) is what each connection asks for;
+    default 'w'.  Blocks are consecutive stretches of the same seconds for
+    every server, so a block's ratios pair like a round's (docs/benchmarks.md,
     "Interleaved slices")."""
     for server in servers.values():
         server.check_alive()
+        server.discard_output()  # STATS read after this run are its own
     names = list(servers)
     command = [*command, "-p", ",".join(str(servers[n].port) for n in names),
                "-P", ",".join(str(servers[n].proc.pid) for n in names),
                "-l", str(slice_ms), "-n", str(slices), "-b", str(blocks)]
+    if methods:
+        command += ["-M", "".join(methods.get(n, "w") for n in names)]
     if timeout is None:
         timeout = 60 + 3 * slices * len(names) * slice_ms / 1e3
     result = run_load(command, timeout=timeout)

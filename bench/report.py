@@ -49,9 +49,12 @@ def summarize(samples, syscalls_per_op=None):
 
 def sum_server_stats(samples):
     """Totals of the source server's STATS over the samples' connections (each
-    covers a whole connection: warm-up, window and the data still queued)."""
+    covers a whole connection: warm-up, window and the data still queued; a
+    rotation's connection spans all its blocks, and its STATS are on the
+    block that ``server_stats_in_block`` names)."""
     stats = [s["server_stats"] for s in samples if s.get("server_stats")]
-    total = {"connections": len(stats), "missing": len(samples) - len(stats),
+    elsewhere = sum(1 for s in samples if s.get("server_stats_in_block"))
+    total = {"connections": len(stats), "missing": len(samples) - len(stats) - elsewhere,
              "written": sum(st["written"] for st in stats)}
     zc = [st["zcloop"] for st in stats if st.get("zcloop")]
     if zc:
@@ -191,7 +194,7 @@ def markdown(results, charts):
         f"- method: {settings['rounds']} interleaved rounds, median shown; windows of "
         f"{settings['duration']} s after {settings['warmup']} s warm-up (wrk: "
         f"{settings['http_duration']} s); 'vs {base}': median [range] of the ratios of "
-        f"the same rounds; one-way and send rows: one client drives every server in "
+        f"the same rounds; one-way, send and zero-copy rows: one client drives every server in "
         f"turn in {settings.get('slice_ms', 50):g} ms slices, {settings.get('slices', 300)} "
         f"per server, each round a block of consecutive slices (docs/benchmarks.md, "
         f"'Interleaved slices'); TCP congestion control of the C clients' rows: "

@@ -73,6 +73,10 @@ class Workload:
                           # (source-protocol and source-pool kinds)
     rmem_at_max: bool = False  # sockets start with the largest receive buffer
                                # (harness.ReceiveBufferAtMax)
+    rotation: str | None = None  # rotating rows with the same name share one rotate_client
+                                 # run: every (row, contender) is a target of it
+    method: str | None = None  # zero-copy rows: what the client asks for, write() (w) or
+                               # write_zc() (z); the send rows' client always asks for w
 
     def __post_init__(self):
         if self.reference and (self.server not in REFERENCE_MODES or self.tls):
@@ -107,6 +111,13 @@ class Workload:
         """Rows sharing a key share one server per contender."""
         return self.server, self.tls, self.netns
 
+    @property
+    def group_key(self):
+        """Rows run together, their servers alive at once: a rotation's rows
+        (of one or more server kinds), else the rows of one server_key."""
+        return ("rotation", self.rotation, self.tls, self.netns) if self.rotation else \
+            self.server_key
+
 
 def size_label(size):
     return f"{size // MiB}MiB" if size >= MiB else f"{size // KiB}KiB"
@@ -131,8 +142,8 @@ def define_workloads(quick):
 
     # Every one-way row gets the C reference (uring_echo_server -m sink, the
     # same server for both APIs): --quick then still has one at each size.
-    # The one-way and send rows are measured in interleaved slices
-    # (rotate_client; docs/benchmarks.md, "Interleaved slices").
+    # The one-way, send and zero-copy rows are measured in interleaved
+    # slices (rotate_client; docs/benchmarks.md, "Interleaved slices").
     oneway_cells = ([("protocol", MiB), ("streams", 16 * MiB)] if quick else
                     [(api, size) for api in ("protocol", "streams") for size in (MiB, 16 * MiB)])
     for api, size in oneway_cells:
@@ -163,7 +174,9 @@ def define_workloads(quick):
     # write() on every loop, write_zc() on zcloop, and write_zc() of blocks of
     # a registered BufferPool ("write_zc pool": no pinning per send); over
     # loopback (always copied) and to a peer in a private network namespace
-    # (veth).
+    # (veth).  The three rows of a place are one rotation (rotate_client -m
+    # source): zcloop's write and write_zc connections share its
+    # source-protocol server.
     zc_cells = [("loopback", MiB, False), ("netns", 16 * MiB, True)]
     for where, size, netns in zc_cells:
         plain = f"zc {where} write {size_label(size)}"
@@ -171,10 +184,10 @@ def define_workloads(quick):
             zc = api != "write"
             kind = "source-pool" if api == "write_zc pool" else "source-protocol"
             rows.append(Workload("zerocopy", f"zc {where} {api} {size_label(size)}", kind, (
-                "{bin}/echo_client", "-m", "source", *(["-z"] if zc else []), "-h", "{host}",
-                "-p", "{port}", "-c", "1", "-s", str(size), "-d", "{duration}",
-                "-w", "{warmup}"), "MB/s", netns=netns, loops=("zcloop",) if zc else None,
-                compare_to=plain if zc else None, per_mib=True, stats=True))
+                "{bin}/rotate_client", "-m", "source", "-h", "{host}", "-s", str(size)), "MB/s",
+                netns=netns, loops=("zcloop",) if zc else None,
+                compare_to=plain if zc else None, per_mib=True, stats=True,
+                rotation=f"zc {where}", method="z" if zc else "w"))
 
     rows.append(Workload("http", "aiohttp hello wrk -c50", "http-aiohttp", (
         "wrk", "-t1", "-c50", "-d{duration}s", "-s", "{bench}/wrk_json.lua",
@@ -252,10 +265,11 @@ class Suite:
               file=sys.stderr, flush=True)
 
     def run(self):
-        by_server = {}
+        by_group = {}
         for workload in self.workloads:
-            by_server.setdefault(workload.server_key, []).append(workload)
-        for (kind, tls, netns), workloads in by_server.items():
+            by_group.setdefault(workload.group_key, []).append(workload)
+        for workloads in by_group.values():
+            first = workloads[0]
             with contextlib.ExitStack() as stack:
                 skipped = {w.name: unavailable_reason(w, self.build_error) for w in workloads}
                 namespace = None
@@ -265,34 +279,37 @@ class Suite:
                         print("warning: cannot set net.ipv4.tcp_rmem (not root?): the one-way "
                               "rows' connections keep the machine's receive buffer start",
                               file=sys.stderr, flush=True)
-                    self.rmem_used[kind] = rmem.value
-                if netns and not all(skipped.values()):
+                    self.rmem_used[first.server] = rmem.value
+                if first.netns and not all(skipped.values()):
                     try:
                         namespace = stack.enter_context(NetNamespace())
                     except BenchError as exc:
                         skipped = {w.name: skipped[w.name] or str(exc) for w in workloads}
-                self.run_server_group(kind, workloads, skipped, tls, namespace)
+                self.run_server_group(workloads, skipped, first.tls, namespace)
 
-    def run_server_group(self, kind, workloads, skipped, tls=False, netns=None):
-        """One server per contender for the whole group (CPU is sampled per
-        window, so idle servers of other loops cost nothing)."""
-        contenders = list(dict.fromkeys(c for w in workloads for c in self.contenders(w)))
-        servers, failures = {}, {}
-        if kind is not None and not all(skipped.values()):
-            host = netns.HOST_ADDR if netns else "127.0.0.1"
-            cc = self.cc if any(w.sets_cc for w in workloads) else None
-            for contender in contenders:
-                try:
-                    servers[contender] = Server(kind, contender, host=host,
-                                                tls=TLSMaterial.get() if tls else None, cc=cc)
-                except BenchError as exc:
-                    failures[contender] = str(exc)
-                    print(f"{kind} on {contender}: {exc}", file=sys.stderr, flush=True)
+    def run_server_group(self, workloads, skipped, tls=False, netns=None):
+        """One server per (server kind, contender) for the whole group (CPU is
+        sampled per window, so idle servers of other loops cost nothing)."""
+        needed = dict.fromkeys((w.server, c) for w in workloads if w.server is not None
+                               and not skipped[w.name] for c in self.contenders(w))
+        servers, failures = {}, {}  # (kind, contender) -> Server / error
+        host = netns.HOST_ADDR if netns else "127.0.0.1"
+        cc = self.cc if any(w.sets_cc for w in workloads) else None
+        for kind, contender in needed:
+            try:
+                servers[kind, contender] = Server(kind, contender, host=host,
+                                                  tls=TLSMaterial.get() if tls else None, cc=cc)
+            except BenchError as exc:
+                failures[kind, contender] = str(exc)
+                print(f"{kind} on {contender}: {exc}", file=sys.stderr, flush=True)
         self.netns = netns
         try:
+            rotations = {}
             for workload in workloads:
                 if workload.rotates:
-                    self.measure_rotation(workload, servers, skipped[workload.name], failures)
+                    rotations.setdefault(workload.rotation or workload.name, []).append(workload)
+            for rows in rotations.values():
+                self.measure_rotation(rows, servers, skipped, failures)
             for round_index in range(self.settings.rounds):
                 for workload in workloads:
                     if workload.rotates:
@@ -301,56 +318,89 @@ class Suite:
                     # Rotate the order each round so no loop always goes first.
                     shift = round_index % len(order)
                     for contender in order[shift:] + order[:shift]:
-                        reason = skipped[workload.name] or failures.get(contender)
-                        server = servers.get(contender)
+                        key = workload.server, contender
+                        reason = skipped[workload.name] or failures.get(key)
+                        server = servers.get(key)
                         sample = ({"error": reason} if reason else
                                   self.measure(workload, contender, server))
                         if server and server.proc.poll() is not None:
-                            failures[contender] = sample.get("error") or "server exited"
+                            failures[key] = sample.get("error") or "server exited"
                         self.samples[workload.name][contender].append(sample)
                         self.progress(workload, contender, f"round {round_index + 1}", sample)
-            if self.syscalls and kind is not None:
+            if self.syscalls:
                 for workload in workloads:
-                    if workload.rotates:
-                        continue  # its client drives every server at once
+                    if workload.rotates or workload.server is None:
+                        continue  # a rotation's client drives every server at once
                     for contender in self.contenders(workload):
-                        if not (skipped[workload.name] or contender in failures):
-                            self.count_syscalls(workload, contender, servers[contender])
+                        key = workload.server, contender
+                        if not (skipped[workload.name] or key in failures):
+                            self.count_syscalls(workload, contender, servers[key])
         finally:
             for server in servers.values():
                 server.stop()
 
-    def measure_rotation(self, workload, servers, skipped, failures):
-        """All rounds of a rotating row with one rotate_client: every
-        contender's server in turn, one block of slices per round."""
-        contenders = self.contenders(workload)
-        live = {c: servers[c] for c in contenders
-                if not skipped and c not in failures and c in servers}
-        error, measured = skipped, {}
-        if live:
+    def measure_rotation(self, rows, servers, skipped, failures):
+        """All rounds of one or more rotating rows with one rotate_client:
+        every (row, contender) is a target, driven in turn, one block of
+        slices per round.  Targets of one server kind and contender share its
+        server (a connection each)."""
+        targets, methods = {}, {}
+        for workload in rows:
+            for contender in self.contenders(workload):
+                key = workload.server, contender
+                if not skipped[workload.name] and key not in failures and key in servers:
+                    targets[workload.name, contender] = servers[key]
+                    if workload.method:
+                        methods[workload.name, contender] = workload.method
+        error, measured = None, {}
+        if targets:
             try:
                 measured = harness.run_rotation_quietly(
-                    workload.command(0, self.settings, self.netns, self.cc), live,
-                    self.quiet_wait, blocks=self.settings.rounds, slices=self.settings.slices,
-                    slice_ms=self.settings.slice_ms)
+                    rows[0].command(0, self.settings, self.netns, self.cc), targets,
+                    self.quiet_wait, methods=methods or None, blocks=self.settings.rounds,
+                    slices=self.settings.slices, slice_ms=self.settings.slice_ms)
             except BenchError as exc:
                 error = str(exc)
-        for contender in contenders:
-            if contender in measured:
-                samples = measured[contender]
-            else:
-                samples = [{"error": error or failures.get(contender) or "no server"}
-                           ] * self.settings.rounds
-            for index, sample in enumerate(samples):
-                if "error" not in sample:
-                    sample.update(throughput=throughput(sample, workload.unit),
-                                  cpu_us_per_op=cpu_per_op(sample, workload),
-                                  client_bound=False)
-                self.samples[workload.name][contender].append(sample)
-                self.progress(workload, contender, f"block {index + 1}", sample)
-        for contender, server in live.items():
+        if measured and any(w.stats for w in rows):
+            self.attach_stats(rows, targets, measured)
+        for workload in rows:
+            for contender in self.contenders(workload):
+                samples = measured.get((workload.name, contender)) or [
+                    {"error": skipped[workload.name] or error
+                     or failures.get((workload.server, contender)) or "no server"}
+                ] * self.settings.rounds
+                for index, sample in enumerate(samples):
+                    if "error" not in sample:
+                        sample.update(throughput=throughput(sample, workload.unit),
+                                      cpu_us_per_op=cpu_per_op(sample, workload),
+                                      client_bound=False)
+                    self.samples[workload.name][contender].append(sample)
+                    self.progress(workload, contender, f"block {index + 1}", sample)
+        for key, server in servers.items():
             if server.proc.poll() is not None:
-                failures[contender] = "server exited"
+                failures.setdefault(key, "server exited")
+
+    @staticmethod
+    def attach_stats(rows, targets, measured):
+        """The STATS each source server printed per connection once
+        rotate_client closed them, matched to targets by the API the
+        connection used (one connection per API and server); on a target's
+        first block, the later blocks say where they are."""
+        stats_rows = {w.name for w in rows if w.stats}
+        by_server = {}
+        for (name, contender), server in targets.items():
+            if name in stats_rows:
+                by_server.setdefault(server, []).append((name, contender))
+        api = {w.name: "write_zc" if w.method == "z" else "write" for w in rows}
+        for server, keys in by_server.items():
+            printed = [server.read_stats() for _ in keys]
+            by_api = {st["api"]: st for st in printed if st}
+            for key in keys:
+                first, *later = measured[key]
+                if api[key[0]] in by_api:
+                    first["server_stats"] = by_api[api[key[0]]]
+                    for sample in later:
+                        sample["server_stats_in_block"] = 1
 
     def measure(self, workload, contender, server):
         """One sample, on a quiet machine (harness.take_quietly)."""
@@ -428,7 +478,7 @@ def main():
                         help="override the measured window of the echo_client and micro rows, "
                              "seconds (more, shorter rounds pair better on a noisy machine)")
     parser.add_argument("--slices", type=int,
-                        help="one-way and send rows: slices per server and row (default: "
+                        help="one-way, send and zero-copy rows: slices per target (default: "
                              f"{FULL.slices}, --quick {QUICK.slices}; {FULL.slice_ms:g} ms each; "
                              "docs/benchmarks.md, 'Interleaved slices')")
     parser.add_argument("--cc", default="cubic", metavar="NAME",

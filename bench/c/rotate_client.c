@@ -10,8 +10,9 @@
  * more per server then compare different machines; slices of tens of
  * milliseconds, hundreds per server, see the same mix of states.
  *
- *   source mode (-m source): each connection sends the 8-byte size and 'w'
- *     once; the server streams SIZE-byte messages.  In its slice a connection
+ *   source mode (-m source): each connection sends the 8-byte size and its
+ *     method once ('w' for write(), 'z' for write_zc(); -M: one letter per
+ *     target, default all 'w'); the server streams SIZE-byte messages.  In its slice a connection
  *     is read; between its slices it is not, so its server stops once the
  *     socket buffers are full (a few ms).  A slice counts the bytes read,
  *     minus what was already queued when it started, plus what is queued when
@@ -23,7 +24,10 @@
  *
  * Each server's CPU time (-P: one pid per target; the sum over its threads'
  * /proc/PID/task/TID/schedstat) is read at the start of each of its slices,
- * so the time it spends filling buffers after its slice is its own.
+ * so the time it spends filling buffers after its slice is its own.  Targets
+ * may share a server process (two connections with different methods): what
+ * the process used since its previous reading goes to the target whose slice
+ * began at that reading.
  *
  * The first 2 rounds of slices are warm-up.  The measured slices are grouped
  * into BLOCKS consecutive blocks, the "rounds" of the report: per target and
@@ -33,8 +37,8 @@
  *    "client_wait": share of the run the client waited for its CPU}
  *
  * usage: rotate_client -m source|oneway -s SIZE [-h host] -p PORT[,PORT...]
- *                      [-P PID[,PID...]] [-l slice_ms] [-n slices] [-b blocks]
- *                      [-g cc]
+ *                      [-P PID[,PID...]] [-M METHODS] [-l slice_ms] [-n slices]
+ *                      [-b blocks] [-g cc]
  *   -n: measured slices per target (default 300), -b: blocks (default 5).
  */
 #define _GNU_SOURCE
@@ -58,10 +62,18 @@
 #define READ_SIZE (1 << 20)
 
 struct target {
-    int fd, pid;
+    int fd;
+    struct server *server;
     double *bytes, *seconds, *cpu; /* per block */
-    double cpu_mark;               /* server CPU at the start of its last slice */
-    int cpu_ok;
+};
+
+/* A server process: its CPU is read at the start of each slice of a target
+ * it serves, and what it used since goes to the target of the previous one. */
+struct server {
+    int pid, ok;
+    double cpu_mark;         /* its CPU at the start of the last slice of one of its targets */
+    struct target *owner;    /* that target; NULL before the first measured slice */
+    int owner_block;
 };
 
 static double now(void)
@@ -196,14 +208,16 @@ int main(int argc, char **argv)
     size_t size = 0;
     double slice_ms = 50;
     int slices = 300, blocks = 5, ports[MAX_TARGETS], pids[MAX_TARGETS], n_targets = 0, n_pids = 0;
+    const char *methods = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "m:s:h:p:P:l:n:b:g:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:s:h:p:P:M:l:n:b:g:")) != -1) {
         switch (opt) {
         case 'm': mode = optarg; break;
         case 's': size = strtoull(optarg, NULL, 10); break;
         case 'h': host = optarg; break;
         case 'p': n_targets = parse_list(optarg, ports); break;
         case 'P': n_pids = parse_list(optarg, pids); break;
+        case 'M': methods = optarg; break;
         case 'l': slice_ms = atof(optarg); break;
         case 'n': slices = atoi(optarg); break;
         case 'b': blocks = atoi(optarg); break;
@@ -213,10 +227,13 @@ int main(int argc, char **argv)
     }
     int source = mode && !strcmp(mode, "source"), oneway = mode && !strcmp(mode, "oneway");
     if ((!source && !oneway) || !size || n_targets < 1 || (n_pids && n_pids != n_targets) ||
-        slice_ms <= 0 || blocks < 1 || slices < blocks) {
+        slice_ms <= 0 || blocks < 1 || slices < blocks ||
+        (methods && (!source || strlen(methods) != (size_t)n_targets ||
+                     strspn(methods, "wz") != (size_t)n_targets))) {
 usage:
         fprintf(stderr, "usage: %s -m source|oneway -s SIZE [-h host] -p PORT[,PORT...] "
-                        "[-P PID[,PID...]] [-l slice_ms] [-n slices] [-b blocks] [-g cc]\n", argv[0]);
+                        "[-P PID[,PID...]] [-M METHODS] [-l slice_ms] [-n slices] [-b blocks] "
+                        "[-g cc]\n", argv[0]);
         return 2;
     }
 
@@ -225,18 +242,26 @@ usage:
         die("malloc");
     memset(buf, 'x', source ? READ_SIZE : size);
     struct target targets[MAX_TARGETS];
+    struct server servers[MAX_TARGETS];
+    int n_servers = 0;
     for (int i = 0; i < n_targets; i++) {
         struct target *t = &targets[i];
         t->fd = connect_to(host, ports[i], cc);
-        t->pid = n_pids ? pids[i] : 0;
+        t->server = NULL;
+        for (int j = 0; j < n_servers && n_pids; j++)
+            if (servers[j].pid == pids[i])
+                t->server = &servers[j];
+        if (!t->server && n_pids && pids[i] > 0) {
+            t->server = &servers[n_servers++];
+            *t->server = (struct server){.pid = pids[i], .ok = 1};
+        }
         t->bytes = calloc(blocks, sizeof(double));
         t->seconds = calloc(blocks, sizeof(double));
         t->cpu = calloc(blocks, sizeof(double));
-        t->cpu_ok = t->pid > 0;
         char header[9];
         uint64_t le_size = size; /* little endian on every Linux target we run on */
         memcpy(header, &le_size, 8);
-        header[8] = 'w';
+        header[8] = methods ? methods[i] : 'w';
         send_all(t->fd, header, source ? 9 : 8);
     }
 
@@ -245,14 +270,20 @@ usage:
         int block = round < 0 ? -1 : (int)((long)round * blocks / slices);
         for (int i = 0; i < n_targets; i++) {
             struct target *t = &targets[i];
-            double cpu = t->cpu_ok ? process_cpu(t->pid) : 0;
+            struct server *s = t->server;
+            double cpu = s && s->ok ? process_cpu(s->pid) : 0;
             if (cpu < 0)
-                t->cpu_ok = 0;
-            /* The CPU since its previous slice began belongs to the block of
-             * that slice; the first measured slice starts the count. */
-            if (t->cpu_ok && round > 0)
-                t->cpu[(int)((long)(round - 1) * blocks / slices)] += cpu - t->cpu_mark;
-            t->cpu_mark = cpu;
+                s->ok = 0;
+            /* The CPU since the server's previous reading belongs to the
+             * target and block of the slice that began there; the first
+             * measured slice starts the count. */
+            if (s && s->ok) {
+                if (s->owner)
+                    s->owner->cpu[s->owner_block] += cpu - s->cpu_mark;
+                s->cpu_mark = cpu;
+                s->owner = block >= 0 ? t : NULL;
+                s->owner_block = block;
+            }
             double start = now();
             double bytes = source ? source_slice(t, buf, slice) : oneway_slice(t, buf, size, slice);
             if (block >= 0) {
@@ -261,13 +292,13 @@ usage:
             }
         }
     }
-    for (int i = 0; i < n_targets; i++) { /* the last slice's CPU, up to now */
-        struct target *t = &targets[i];
-        double cpu = t->cpu_ok ? process_cpu(t->pid) : -1;
-        if (cpu >= 0)
-            t->cpu[blocks - 1] += cpu - t->cpu_mark;
+    for (int j = 0; j < n_servers; j++) { /* the last slices' CPU, up to now */
+        struct server *s = &servers[j];
+        double cpu = s->ok ? process_cpu(s->pid) : -1;
+        if (cpu >= 0 && s->owner)
+            s->owner->cpu[s->owner_block] += cpu - s->cpu_mark;
         else
-            t->cpu_ok = 0;
+            s->ok = 0;
     }
     double client_wait = (own_wait_ns() - wait_start) * 1e-9 / (now() - run_start);
 
@@ -282,7 +313,7 @@ usage:
         for (int b = 0; b < blocks; b++)
             printf("%s%.6f", b ? ", " : "", t->seconds[b]);
         printf("], \"cpu\": ");
-        if (t->cpu_ok) {
+        if (t->server && t->server->ok) {
             printf("[");
             for (int b = 0; b < blocks; b++)
                 printf("%s%.6f", b ? ", " : "", t->cpu[b]);
