@@ -20,8 +20,25 @@ CLIENT_BOUND = "client-bound"
 CONTENDED = 0.05
 
 
-def summarize(samples, syscalls_per_op=None):
-    """Median of each metric over the successful samples of one cell."""
+#: A rotation row's blocks (interleaved slices) are equal shares of one run,
+#: so its figures are over all of them: throughput weighted by each block's
+#: seconds (total bytes over total time), CPU per op by its bytes.  Medians of
+#: 5 blocks threw that away: two runs agreed on 24 of 30 ratios within 10%,
+#: the same runs pooled on 28 (docs/benchmarks.md, "Interleaved slices").
+POOL_WEIGHT = {"throughput": "duration", "cpu_us_per_op": "bytes"}
+
+
+def pooled_mean(samples, key):
+    """`key` over all of a rotation row's blocks (POOL_WEIGHT); None if none has it."""
+    weight = POOL_WEIGHT[key]
+    pairs = [(s[key], s[weight]) for s in samples if s.get(key) is not None and s.get(weight)]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def summarize(samples, syscalls_per_op=None, pooled=False):
+    """Median of each metric over the successful samples of one cell (a
+    rotation row's throughput and CPU: pooled over its blocks)."""
     ok = [s for s in samples if "error" not in s]
     failed = [s for s in samples if "error" in s]
     if not ok:
@@ -34,6 +51,8 @@ def summarize(samples, syscalls_per_op=None):
     values = [s["throughput"] for s in ok]
     summary = {key: median(key) for key in ("throughput", "cpu_us_per_op", "p50_us", "p99_us",
                                             "contention", "client_wait")}
+    if pooled:
+        summary.update((key, pooled_mean(ok, key)) for key in POOL_WEIGHT)
     summary.update(
         spread=(max(values) - min(values)) / summary["throughput"],
         client_bound=sum(bool(s.get("client_bound")) for s in ok) * 2 > len(ok),
@@ -102,7 +121,17 @@ def paired_ratios(rows, row, contender, base, key="throughput"):
 
 
 def ratio(rows, row, contender, base, key="throughput"):
-    """Median of the paired per-round ratios (None if no round has both)."""
+    """Median of the paired per-round ratios (None if no round has both); for
+    a rotation row, `key` pooled over the blocks both have."""
+    if row.get("pooled"):
+        mine = row["results"].get(contender, {}).get("samples", [])
+        theirs = base_row(rows, row)["results"].get(base, {}).get("samples", [])
+        both = [(a, b) for a, b in zip(mine, theirs)
+                if a.get(key) is not None and b.get(key)]
+        if not both:
+            return None
+        return (pooled_mean([a for a, _ in both], key) /
+                pooled_mean([b for _, b in both], key))
     values = paired_ratios(rows, row, contender, base, key)
     return statistics.median(values) if values else None
 
@@ -111,7 +140,7 @@ def ratio_text(rows, row, contender, base):
     values = paired_ratios(rows, row, contender, base)
     if not values:
         return "-"
-    text = f"{statistics.median(values):.2f}x"
+    text = f"{ratio(rows, row, contender, base):.2f}x"
     if len(values) > 1 and not (contender == base and base_row(rows, row) is row):
         text += f" [{min(values):.2f}-{max(values):.2f}]"
     return text
@@ -196,7 +225,8 @@ def markdown(results, charts):
         f"{settings['http_duration']} s); 'vs {base}': median [range] of the ratios of "
         f"the same rounds; one-way, send and zero-copy rows: one client drives every server in "
         f"turn in {settings.get('slice_ms', 50):g} ms slices, {settings.get('slices', 300)} "
-        f"per server, each round a block of consecutive slices (docs/benchmarks.md, "
+        f"per server, each round a block of consecutive slices, the figures over all of "
+        f"them, the range over blocks (docs/benchmarks.md, "
         f"'Interleaved slices'); TCP congestion control of the C clients' rows: "
         f"{settings.get('cc', 'system')}"
         + (f"; one-way rows with net.ipv4.tcp_rmem = "

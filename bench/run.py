@@ -458,9 +458,10 @@ class Suite:
                 cells[contender] = {
                     "samples": samples,
                     "summary": report.summarize(samples,
-                                                self.syscalls_per_op[workload.name].get(contender)),
+                                                self.syscalls_per_op[workload.name].get(contender),
+                                                pooled=workload.rotates),
                 }
-            rows.append({**asdict(workload), "results": cells})
+            rows.append({**asdict(workload), "pooled": workload.rotates, "results": cells})
         return rows
 
 
