@@ -3,12 +3,11 @@
  *
  * Opens N TCP connections (optionally TLS, -t); each one does:
  *   echo mode:   send SIZE bytes, wait until SIZE bytes come back;
- *   oneway mode: send an 8-byte header (SIZE, little endian) once, then per
- *                message send SIZE bytes and wait for a 1-byte ack;
- *   source mode: send the 8-byte header and one byte, 'w' (or 'z' with -z:
- *                ask the server for zcloop's write_zc()), then only receive:
- *                the server streams SIZE-byte messages; an op is SIZE bytes
- *                received, "bytes" is every byte received in the window.
+ *   source mode: send an 8-byte header (SIZE, little endian) and 'w' (the
+ *                server's write()), then only receive: the server streams
+ *                SIZE-byte messages; an op is SIZE bytes received, "bytes" is
+ *                every byte received in the window (bench/modes.py; the
+ *                one-way, send and zero-copy rows use bench/c/rotate_client).
  * After a warm-up it prints "window-start" (so the harness can sample the
  * server's CPU time at the exact start of the measured window), runs for
  * DURATION seconds and prints one JSON line with the results.  The JSON line
@@ -23,7 +22,7 @@
  * than the machine's default (docs/benchmarks.md, "Congestion control").
  *
  * usage: echo_client [-h host] -p port [-c conns] [-s size] [-d seconds]
- *                    [-w warmup_seconds] [-m echo|oneway|source [-z]] [-t [-C cafile]]
+ *                    [-w warmup_seconds] [-m echo|source] [-t [-C cafile]]
  *                    [-g cc]
  */
 #define _GNU_SOURCE
@@ -267,11 +266,11 @@ static double percentile_us(double p)
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *mode = "echo", *cafile = NULL;
-    int port = 0, n_conns = 1, tls = 0, zero_copy = 0, opt;
+    int port = 0, n_conns = 1, tls = 0, opt;
     size_t size = 1024;
     double duration = 3, warmup = 0.5;
 
-    while ((opt = getopt(argc, argv, "h:p:c:s:d:w:m:ztC:g:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:c:s:d:w:m:tC:g:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -280,13 +279,12 @@ int main(int argc, char **argv)
         case 'd': duration = atof(optarg); break;
         case 'w': warmup = atof(optarg); break;
         case 'm': mode = optarg; break;
-        case 'z': zero_copy = 1; break;
         case 't': tls = 1; break;
         case 'C': cafile = optarg; break;
         case 'g': congestion_control = optarg; break;
         default:
             fprintf(stderr, "usage: %s [-h host] -p port [-c conns] [-s size] [-d seconds] "
-                            "[-w warmup] [-m echo|oneway|source [-z]] [-t [-C cafile]] [-g cc]\n", argv[0]);
+                            "[-w warmup] [-m echo|source] [-t [-C cafile]] [-g cc]\n", argv[0]);
             return 2;
         }
     }
@@ -298,9 +296,9 @@ int main(int argc, char **argv)
         return 2;
     }
 #endif
-    int oneway = strcmp(mode, "oneway") == 0, source = strcmp(mode, "source") == 0;
-    if (!port || n_conns < 1 || !size || (!oneway && !source && strcmp(mode, "echo"))) {
-        fprintf(stderr, "echo_client: need -p PORT, -c >= 1, -s >= 1, -m echo|oneway|source\n");
+    int source = strcmp(mode, "source") == 0;
+    if (!port || n_conns < 1 || !size || (!source && strcmp(mode, "echo"))) {
+        fprintf(stderr, "echo_client: need -p PORT, -c >= 1, -s >= 1, -m echo|source\n");
         return 2;
     }
 #ifdef WITH_TLS
@@ -308,8 +306,8 @@ int main(int argc, char **argv)
         tls_init(cafile);
 #endif
     /* source: nothing to send per message, SIZE bytes to receive. */
-    request_size = oneway ? size : source ? 0 : size;
-    response_size = oneway ? 1 : size;
+    request_size = source ? 0 : size;
+    response_size = size;
     send_buf = malloc(size);
     memset(send_buf, 'x', size);
 
@@ -322,12 +320,12 @@ int main(int argc, char **argv)
         if (tls)
             c->ssl = tls_connect(c->fd, host);
 #endif
-        if (oneway || source) {
+        if (source) {
             char header[9];
             uint64_t le_size = size;  /* little endian on every Linux target we run on */
             memcpy(header, &le_size, 8);
-            header[8] = zero_copy ? 'z' : 'w';  /* source mode: the server's write API */
-            size_t len = source ? 9 : 8;
+            header[8] = 'w';
+            size_t len = sizeof header;
             if (conn_send(c, header, len) != (ssize_t)len) {
                 perror("echo_client: send header");
                 return 1;
