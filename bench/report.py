@@ -109,31 +109,31 @@ def base_row(rows, row):
     return next((r for r in rows if r["name"] == target), row) if target else row
 
 
-def paired_ratios(rows, row, contender, base, key="throughput"):
-    """`key` of `contender` over `base`, round by round: both were measured
-    in the same round, minutes apart at most, so the machine's state (which
+def paired_samples(rows, row, contender, base, key="throughput"):
+    """(contender's, base's) samples round by round: both were measured in
+    the same round, minutes apart at most, so the machine's state (which
     changes over tens of seconds here, docs/benchmarks.md) is mostly the same
-    for both.  Rounds where either failed are left out."""
+    for both.  Rounds where either has no `key` are left out."""
     mine = row["results"].get(contender, {}).get("samples", [])
     theirs = base_row(rows, row)["results"].get(base, {}).get("samples", [])
-    return [a[key] / b[key] for a, b in zip(mine, theirs)
-            if a.get(key) is not None and b.get(key)]
+    return [(a, b) for a, b in zip(mine, theirs) if a.get(key) is not None and b.get(key)]
+
+
+def paired_ratios(rows, row, contender, base, key="throughput"):
+    """`key` of `contender` over `base`, round by round (paired_samples)."""
+    return [a[key] / b[key] for a, b in paired_samples(rows, row, contender, base, key)]
 
 
 def ratio(rows, row, contender, base, key="throughput"):
     """Median of the paired per-round ratios (None if no round has both); for
     a rotation row, `key` pooled over the blocks both have."""
+    both = paired_samples(rows, row, contender, base, key)
+    if not both:
+        return None
     if row.get("pooled"):
-        mine = row["results"].get(contender, {}).get("samples", [])
-        theirs = base_row(rows, row)["results"].get(base, {}).get("samples", [])
-        both = [(a, b) for a, b in zip(mine, theirs)
-                if a.get(key) is not None and b.get(key)]
-        if not both:
-            return None
         return (pooled_mean([a for a, _ in both], key) /
                 pooled_mean([b for _, b in both], key))
-    values = paired_ratios(rows, row, contender, base, key)
-    return statistics.median(values) if values else None
+    return statistics.median(a[key] / b[key] for a, b in both)
 
 
 def ratio_text(rows, row, contender, base):
