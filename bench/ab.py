@@ -46,8 +46,9 @@ def one_sample(workload, contender, base, settings, cc):
 
 
 def rotation_samples(workload, base, settings, cc):
-    """A rotating row (one-way and send): the three servers at once, driven in
-    interleaved slices by one rotate_client; one (throughput, CPU) per block."""
+    """A rotating row (one-way, send, zero-copy write): the three servers at
+    once, driven in interleaved slices by one rotate_client; one (throughput,
+    CPU) per block."""
     servers = {}
     try:
         for contender in CONTENDERS:
